@@ -294,12 +294,18 @@ def load_checkpoint(
     folder = Path(ckpt.path)
     if folder.is_dir() and any(folder.glob("*.safetensors")):
         options.setdefault("use_safetensors", True)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    if ckpt.revision is None:  # a local folder loads in a blink: no "Loading weights" bar per checkpoint
+        transformers.utils.logging.disable_progress_bar()
     try:
         model = cls.from_pretrained(ckpt.path, trust_remote_code=trust_remote_code, **options)
     except (RevisionNotFoundError, OSError) as error:
         if ckpt.revision is not None and _is_revision_error(error):
             raise ValueError(f"checkpoint {ckpt.name!r} not found in {ckpt.path}: {error}") from error
         raise
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     return model.to(device).eval()
 
 

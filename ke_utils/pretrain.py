@@ -154,9 +154,29 @@ def optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float])
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+def train_step(model, batch: torch.Tensor, opt, sched) -> float:
+    """One language-model step on ``batch`` (``[batch, seq]`` token ids), gradients clipped to
+    norm 1; returns the loss."""
+    loss = model(input_ids=batch, labels=batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def _save(model, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    from transformers.utils import logging
+
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # one "Writing model shards" bar per 5 MB checkpoint is noise
+    try:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    finally:
+        if bars:
+            logging.enable_progress_bar()
 
 
 def build_family(config: FamilyConfig, root: Path | None = None, progress: bool = True) -> Path:
@@ -182,14 +202,9 @@ def build_family(config: FamilyConfig, root: Path | None = None, progress: bool 
     bar = tqdm(range(1, config.steps + 1), desc="pretraining", disable=not progress)
     for step in bar:
         batch = data[torch.randint(len(data), (config.batch_size,), generator=gen)]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        log["step"].append(step), log["loss"].append(loss.item()), log["lr"].append(sched.get_last_lr()[0])
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        loss = train_step(model, batch, opt, sched)
+        log["step"].append(step), log["loss"].append(loss), log["lr"].append(sched.get_last_lr()[0])
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         if step in config.checkpoint_steps:
             _save(model, tokenizer, tmp / f"step{step}")
     info = {

@@ -39,10 +39,12 @@ def run(paths: list[Path], out: Path, timeout: int = 1800) -> list[dict]:
         notebook = nbformat.read(path, as_version=4)
         os.environ["KE_RESULTS_DIR"] = str((out / path.stem).resolve())
         start = time.perf_counter()
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        try:
+            NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+        finally:  # a failed notebook is kept as far as it ran, with the error in its cell
+            nbformat.write(notebook, out / path.name)
         seconds = time.perf_counter() - start
-        nbformat.write(notebook, out / path.name)
         numbers = _key_numbers(notebook)
         summary.append({"notebook": path.name, "seconds": round(seconds, 1), "numbers": numbers})
         print(f"\n== {path.name} ({seconds:.0f} s) -> {out / path.name}")
