@@ -111,3 +111,9 @@ def pad_token_id(tokenizer) -> int:
         if value is not None:
             return int(value)
     raise ValueError("tokenizer has neither a pad token nor an end-of-text token; set tokenizer.pad_token")
+
+
+def text_batches(tokenizer, texts, max_tokens_per_doc: int = 512, max_batch_tokens: int = 8192) -> list[dict]:
+    """``texts`` tokenised and length-bucketed into padded batches, ready for :func:`coefficient_means`."""
+    docs = list(tokenize_documents(tokenizer, iter_texts(texts), max_tokens_per_doc))
+    return length_bucketed_batches(docs, pad_token_id(tokenizer), max_batch_tokens=max_batch_tokens)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from .pretrain import EOS, optimizer
+from .pretrain import EOS, optimizer, train_step
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,11 @@ class StreamConfig:
     """Shape of the training stream. ``rounds`` injection rounds, one every ``interval`` steps;
     a round's paragraphs fill at most ``max_injected_rows`` rows of consecutive batches."""
 
-    rounds: int = 10
-    interval: int = 20
+    rounds: int = 20
+    interval: int = 6
     batch_size: int = 16
     seq_len: int = 128
-    max_injected_rows: int = 10
+    max_injected_rows: int = 8
     seed: int = 0
 
     @property
@@ -128,13 +128,7 @@ def continue_training(
     losses = []
     for step in tqdm(range(1, steps + 1), desc="continued training", disable=not progress):
         batch = stream.batches[step - 1].to(next(model.parameters()).device)
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(train_step(model, batch, opt, sched))
         if evaluate and (step in eval_steps or step == steps):
             rows.append({"step": step, "train_loss": sum(losses[-10:]) / len(losses[-10:]), **evaluate(model, step)})
     model.eval()
@@ -149,3 +143,166 @@ def acquisition(before: float, after: float) -> float:
 def forgetting(before: float, after: float) -> float:
     """The study's forgetting ``F = (P_before - P_after) / P_before`` for a score P (higher = better)."""
     return (before - after) / before
+
+
+@dataclass
+class KnowledgeSetup:
+    """What a continual-learning run needs: new knowledge (records in two regimes), background
+    text, retention probes on what the model knew, and held-out text for its language-model loss."""
+
+    paraphrase: list[dict]
+    once: list[dict]
+    background: list[str]
+    heldout: list[str]
+    retention: pd.DataFrame | None = None  # probes (input, target) on facts the model knew
+    tasks: dict | None = None  # or downstream tasks: name -> (items, metric)
+
+    def __post_init__(self):
+        if (self.retention is None) == (self.tasks is None):
+            raise ValueError("give either retention probes or downstream tasks")
+
+
+def builtin_setup(family="overtrained", n_background: int = 3000, n_heldout: int = 200, root=None) -> KnowledgeSetup:
+    """The built-in world's held-out people as new knowledge, background text that mentions no
+    person, and every fact of the pretraining people as retention probes. ``family``: a name in
+    ``FAMILIES`` or a ``FamilyConfig``; ``root``: where it is cached (default: the cache)."""
+    from .pretrain import builtin_texts, family_config
+    from .world import generate_world, generic_documents, knowledge_records, retention_probes
+
+    config = family_config(family)
+    world = generate_world(config.world)
+    records = knowledge_records(world)
+    return KnowledgeSetup(records["paraphrase"], records["once"],
+                          generic_documents(world, n_background, seed=config.world.seed + 99),
+                          builtin_texts("heldout", n_heldout, family, root), retention=pd.DataFrame(retention_probes(world)))
+
+
+def hub_setup(records: dict[str, list[dict]], n_background: int = 20_000, n_heldout: int = 500,
+              tasks: Sequence[str] = ("piqa", "sciq", "arc_easy"), n_items: int = 500,
+              text_source=None) -> KnowledgeSetup:
+    """For real models: ``records`` (``{"paraphrase": [...], "once": [...]}``, generated or the
+    original JSON via ``load_records``), background and held-out text streamed from a corpus,
+    and retention measured on downstream tasks (needs network)."""
+    from .downstream import load_task
+    from .subjects import DEFAULT_HUB_TEXTS, hub_texts
+
+    texts = hub_texts(n_background + n_heldout, text_source or DEFAULT_HUB_TEXTS)
+    return KnowledgeSetup(records["paraphrase"], records["once"], texts[:n_background], texts[n_background:],
+                          tasks={name: load_task(name, n_items) for name in tasks})
+
+
+def subject_setup(subject, records_json: str | None = None, n_paraphrase: int = 70) -> KnowledgeSetup:
+    """The setup for a :class:`~ke_utils.subjects.Subject`: the built-in world for a built-in
+    family; for a real model, new knowledge from ``records_json`` (the original study's file:
+    the first ``n_paraphrase`` records in the paraphrase regime, the rest once) or, if None, the
+    generated world's records, with background text and downstream tasks from the hub."""
+    if subject.is_builtin:
+        return builtin_setup(subject.name.partition(":")[2] or "overtrained")
+    if records_json is None:
+        from .world import generate_world, knowledge_records
+
+        return hub_setup(knowledge_records(generate_world()))
+    from .records import load_records
+
+    records = load_records(records_json)
+    return hub_setup({"paraphrase": records[:n_paraphrase], "once": records[n_paraphrase:]})
+
+
+@torch.inference_mode()
+def lm_loss(model, tokenizer, texts: Sequence[str], max_tokens: int = 256) -> float:
+    """Mean next-token loss (nats per token) over ``texts``."""
+    from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in length_bucketed_batches(list(tokenize_documents(tokenizer, texts, max_tokens)), pad_token_id(tokenizer)):
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        logp = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float().log_softmax(-1)
+        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        real = mask[:, 1:].bool()
+        total, count = total + float(nll[real].sum()), count + int(real.sum())
+    return total / count
+
+
+def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]:
+    """``evaluate(model, step)``: log-prob K and exact match per regime and probe kind, the
+    retention score P (exact match on retention probes, or mean downstream accuracy) and
+    held-out LM loss."""
+    from .downstream import multiple_choice_accuracy
+    from .probes import probe_table, score_probes
+
+    table = pd.concat([probe_table(setup.paraphrase).assign(regime="paraphrase"),
+                       probe_table(setup.once).assign(regime="once")], ignore_index=True)
+
+    def evaluate(model, step: int) -> dict:
+        scored = score_probes(model, tokenizer, table)
+        per_item = scored.groupby(["regime", "kind", "item"])[["logprob", "exact"]].mean()
+        summary = per_item.groupby(["regime", "kind"]).mean()
+        out = {f"{m}_{r}_{k}": float(summary.loc[(r, k), m]) for r, k in summary.index for m in ("logprob", "exact")}
+        if setup.tasks is not None:
+            scores = {name: multiple_choice_accuracy(model, tokenizer, items, metric)
+                      for name, (items, metric) in setup.tasks.items()}
+            out.update({f"task_{name}": v for name, v in scores.items()}, retention_score=sum(scores.values()) / len(scores))
+        else:
+            kept = score_probes(model, tokenizer, setup.retention)
+            out.update(retention_score=float(kept["exact"].mean()), retention_logprob=float(kept["logprob"].mean()))
+        out["heldout_loss"] = lm_loss(model, tokenizer, setup.heldout)
+        return out
+
+    return evaluate
+
+
+def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
+                       train_config: TrainConfig, eval_rounds: bool = False, progress: bool = False) -> pd.DataFrame:
+    """Continued training of ``model`` (in place) on the stream of ``setup``; the evaluation log
+    (step 0 = before, then after each round if ``eval_rounds``, and at the end)."""
+    stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
+    rounds = [r * stream_config.interval for r in range(1, stream_config.rounds)] if eval_rounds else []
+    return continue_training(model, stream, train_config, evaluator(tokenizer, setup), rounds, progress)
+
+
+def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
+              eval_rounds: bool = False, device: str = "cpu", progress: bool = False) -> pd.DataFrame:
+    """Continued training of one checkpoint; the evaluation log (step 0 = before)."""
+    from transformers import AutoTokenizer
+
+    from .checkpoints import load_checkpoint
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
+    model = load_checkpoint(checkpoint, device=device)
+    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_rounds, progress)
+    return log.assign(checkpoint=checkpoint.step)
+
+
+def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
+    """Acquisition per regime and probe kind, exact match after, and retention, from a run's log,
+    relative to ``before`` (default: the log's first row, the model before continued training)."""
+    before, after = (log.iloc[0] if before is None else before), log.iloc[-1]
+    out = {}
+    for column in log.columns:
+        if column.startswith("logprob_"):
+            name = column[len("logprob_"):]
+            out[f"acquisition_{name}"] = acquisition(before[column], after[column])
+            out[f"exact_{name}"] = after[f"exact_{name}"]
+    out["retention"] = after["retention_score"] / before["retention_score"]
+    out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
+    out["heldout_loss_change"] = after["heldout_loss"] - before["heldout_loss"]
+    return out
+
+
+def stage_experiment(checkpoints, setup: KnowledgeSetup, stream_config: StreamConfig = StreamConfig(),
+                     train_config: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,),
+                     device: str = "cpu", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same continued training from every checkpoint, for each seed (the seed sets the data
+    order and the training randomness; every checkpoint sees the same order for a seed).
+    Returns ``(results, logs)``: one row per (checkpoint, seed) with :func:`outcome`, and the logs."""
+    import dataclasses
+
+    results, logs = [], []
+    runs = [(c, s) for s in seeds for c in checkpoints]
+    for ckpt, seed in tqdm(runs, desc="stages x seeds", disable=not progress):
+        log = run_stage(ckpt, setup, dataclasses.replace(stream_config, seed=seed),
+                        dataclasses.replace(train_config, seed=seed), device=device)
+        logs.append(log.assign(seed=seed))
+        results.append({"step": ckpt.step, "seed": seed, **outcome(log)})
+    return pd.DataFrame(results), pd.concat(logs, ignore_index=True)

@@ -140,3 +140,45 @@ def plot_token_coefficients(coefficients: torch.Tensor, tokens: list[str], top: 
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return fig
+
+
+def plot_stage_outcomes(summary: pd.DataFrame, columns: dict[str, str], axes=None):
+    """Outcomes of continued training per starting checkpoint: each ``column`` (mean, with the
+    ``<column>_std`` spread over seeds as error bars) against step (top) and against KE (bottom)."""
+    if axes is None:
+        fig, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 6.5), squeeze=False)
+    fig = axes[0][0].figure
+    for i, (column, label) in enumerate(columns.items()):
+        for row, x in enumerate(("step", "normalized")):
+            ax = axes[row][i]
+            ax.errorbar(summary[x], summary[column], yerr=summary.get(f"{column}_std"), fmt="o-", capsize=3)
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("starting checkpoint (step)" if x == "step" else "normalised KE of the checkpoint")
+    fig.tight_layout()
+    return fig
+
+
+SELECT_COLOURS = {"least": "tab:blue", "random": "tab:orange", "most": "tab:red"}
+
+
+def plot_variants(summary: pd.DataFrame, columns: dict[str, str], axes=None):
+    """One bar per reactivation variant for each ``column`` (mean, ``<column>_std`` as error bars);
+    the baseline in grey with a dashed line across, the controls in their own colours."""
+    if axes is None:
+        fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 4.2), squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    colours = ["0.6" if r == 0 else SELECT_COLOURS[s] for r, s in zip(summary["ratio"], summary["select"])]
+    for ax, (column, label) in zip(axes, columns.items()):
+        ax.bar(range(len(summary)), summary[column], yerr=summary.get(f"{column}_std"), color=colours, capsize=3)
+        base = summary.loc[summary["ratio"] == 0, column]
+        if len(base):
+            ax.axhline(float(base.iloc[0]), color="0.4", linestyle="--", linewidth=1)
+        spread = float(summary[f"{column}_std"].max()) if f"{column}_std" in summary else 0.0
+        low, high = summary[column].min() - spread, summary[column].max() + spread
+        pad = 0.15 * (high - low) + 1e-6  # zoom in: the differences are small next to the values
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_xticks(range(len(summary)), summary["variant"], rotation=60, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=10)
+    fig.tight_layout()
+    return fig

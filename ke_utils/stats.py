@@ -25,3 +25,11 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     if x.std() == 0 or y.std() == 0:
         return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def mean_and_spread(frame: pd.DataFrame, by: str, columns: Sequence[str]) -> pd.DataFrame:
+    """Mean of ``columns`` over the rows of each ``by`` group (e.g. over seeds), with the standard
+    deviation as ``<column>_std`` (0 with a single row); groups in order of first appearance."""
+    grouped = frame.groupby(by, sort=False)[list(columns)]
+    spread = grouped.std(ddof=1).fillna(0.0).add_suffix("_std")
+    return grouped.mean().join(spread).reset_index()
