@@ -14,3 +14,11 @@ PEARSON_KE_ACQUISITION = 0.94
 PEARSON_KE_FORGETTING = -0.96
 
 DECAY_CLAIM = "knowledge entropy declines steadily as pretraining advances"
+
+# Resuscitation (section 4): on the final OLMo checkpoint, p = 0.5 with q in {0.5, 1, 2, 3};
+# q >= 1 raised KE and improved acquisition and retention a little, q = 0.5 (and p = 0.9) hurt;
+# no random-neuron control was run.
+RESUSCITATION_RATIO = 0.5
+RESUSCITATION_FACTORS = (0.5, 1.0, 2.0, 3.0)
+RESUSCITATION_CLAIM = ("lifting the least-used half of the memory neurons (q >= 1) of the final checkpoint raises its KE, "
+                       "and it then acquires more and forgets less than the unmodified checkpoint")

@@ -1,0 +1,247 @@
+"""Reactivation (the study's "resuscitation", DESIGN.md section 4): scale up the least-used memory
+neurons of every layer so that the model spreads its use of them more evenly.
+
+For layer l with coefficient means ``a_l`` (``[d_ff]``, from :func:`coefficient_means`), the
+fraction ``ratio`` (p) of neurons with the lowest ``a_l[j]`` gets the factor
+``s_j = factor * mean(a_l) / a_l[j]`` (q = ``factor``), applied to row j of the up projection.
+In a gated MLP (``c = act(gate(x)) * up(x)``) this multiplies ``c_j`` by exactly ``s_j``. In a
+non-gated MLP (``c = act(fc(x))``) scaling row j of ``fc`` is exact only for ReLU; for GELU and
+the like it is an approximation, and a warning says so.
+
+Two controls the study did not run use the *same* factors on other neurons: ``select="random"``
+(as many neurons, chosen at random) and ``select="most"`` (the most-used neurons, the largest
+factor on the most-used one). They separate "more entropy" from "larger weights".
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .hooks import find_coefficient_modules
+
+# model_type -> (suffix of the coefficient module, suffix of the up projection that replaces it)
+UP_PROJECTIONS: dict[str, tuple[str, str]] = {
+    **{t: ("down_proj", "up_proj")
+       for t in ("llama", "olmo", "olmo2", "olmo3", "mistral", "qwen2", "qwen3", "gemma", "gemma2")},
+    "gpt_neox": ("dense_4h_to_h", "dense_h_to_4h"),
+    "gpt2": ("mlp.c_proj", "mlp.c_fc"),
+    "opt": ("fc2", "fc1"),
+    "phi": ("fc2", "fc1"),
+    "bert": ("output.dense", "intermediate.dense"),
+    "roberta": ("output.dense", "intermediate.dense"),
+}
+
+SELECTIONS = ("least", "random", "most")
+LARGE_FACTOR = 100.0  # factors above this are reported in the notes: they can distort later layers
+
+
+@dataclass
+class Reactivation:
+    """What :func:`reactivate` did. ``indices[l]`` and ``scales[l]`` are the touched neurons of
+    layer l and their factors; ``ke_before`` / ``ke_after`` are filled by :func:`measure_reactivation`."""
+
+    ratio: float
+    factor: float
+    select: str
+    exact: bool
+    modules: list[str]
+    indices: list[torch.Tensor]
+    scales: list[torch.Tensor]
+    ke_before: float | None = None
+    ke_after: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def per_layer(self) -> pd.DataFrame:
+        """One row per layer: neurons touched and the min / mean / max factor."""
+        return pd.DataFrame([
+            {"layer": l, "module": m, "touched": len(i),
+             "scale_min": float(s.min()) if len(s) else float("nan"),
+             "scale_mean": float(s.mean()) if len(s) else float("nan"),
+             "scale_max": float(s.max()) if len(s) else float("nan")}
+            for l, (m, i, s) in enumerate(zip(self.modules, self.indices, self.scales))])
+
+
+def up_projection_names(model: nn.Module, up_names: list[str] | None = None) -> list[str]:
+    """The module whose output row j produces neuron j's coefficient, one per layer."""
+    if up_names is not None:
+        return list(up_names)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in UP_PROJECTIONS:
+        raise ValueError(f"no known up projection for {type(model).__name__} (model_type={model_type!r}); "
+                         "pass up_names=[...] (one per layer, the Linear whose output width is d_ff)")
+    old, new = UP_PROJECTIONS[model_type]
+    names = [n[: -len(old)] + new for n in find_coefficient_modules(model)]
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ValueError(f"up projections not found in {type(model).__name__}: {missing}; pass up_names=[...]")
+    return names
+
+
+def _is_exact(model: nn.Module, up_names: list[str]) -> bool:
+    """Gated MLP (a sibling gate projection), or a ReLU MLP (positively homogeneous)."""
+    modules = dict(model.named_modules())
+    parent = modules[up_names[0].rpartition(".")[0]] if "." in up_names[0] else model
+    if any("gate" in name for name, _ in parent.named_children()):
+        return True
+    config = getattr(model, "config", None)
+    act = getattr(config, "activation_function", None) or getattr(config, "hidden_act", None)
+    return act == "relu"
+
+
+def _select(a: torch.Tensor, k: int, select: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and factors (before ``q * mean``) for one layer: 1 / a of the k least-used live neurons."""
+    live = (a > 0).nonzero().squeeze(1)
+    order = live[torch.argsort(a[live], stable=True)]
+    least = order[:k]
+    factors = a.mean() / a[least]
+    if select == "least":
+        return least, factors
+    if select == "most":
+        return order.flip(0)[: len(least)], factors
+    return live[torch.randperm(len(live), generator=generator)[: len(least)]], factors
+
+
+@torch.no_grad()
+def _scale_rows(module: nn.Module, rows: torch.Tensor, scales: torch.Tensor) -> None:
+    """Multiply output unit ``rows`` of a Linear (weight ``[out, in]``) or Conv1D (``[in, out]``)."""
+    weight = module.weight
+    scales = scales.to(weight.device, torch.float64)
+    rows = rows.to(weight.device)
+    if isinstance(module, nn.Linear):
+        weight[rows] = (weight[rows].double() * scales[:, None]).to(weight.dtype)
+    else:
+        weight[:, rows] = (weight[:, rows].double() * scales[None, :]).to(weight.dtype)
+    if getattr(module, "bias", None) is not None:
+        module.bias[rows] = (module.bias[rows].double() * scales).to(module.bias.dtype)
+
+
+def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: float, select: str = "least",
+               inplace: bool = False, layers: list[int] | None = None, seed: int = 0,
+               up_names: list[str] | None = None) -> tuple[nn.Module, Reactivation]:
+    """Scale the ``ratio`` least-used neurons of each layer by ``factor * mean(a_l) / a_l[j]``.
+
+    means: ``[n_layers, d_ff]`` coefficient means of this model (:func:`coefficient_means`).
+    ratio: p in [0, 1], the fraction of neurons per layer. factor: q > 0.
+    select: ``"least"`` (the study), or the controls ``"random"`` / ``"most"`` (same factors).
+    inplace: modify ``model`` itself rather than a deep copy. layers: only these layers.
+    Neurons never used (``a_l[j] = 0``) cannot be lifted by scaling and are not selected.
+    Returns ``(model, report)``.
+    """
+    if not 0.0 <= float(ratio) <= 1.0:
+        raise ValueError(f"ratio (p) must be in [0, 1], got {ratio}")
+    if not (float(factor) > 0 and torch.isfinite(torch.tensor(float(factor)))):
+        raise ValueError(f"factor (q) must be a finite number > 0, got {factor}")
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+    names = up_projection_names(model, up_names)
+    if means.ndim != 2 or means.shape[0] != len(names):
+        raise ValueError(f"means must be [n_layers={len(names)}, d_ff], got {tuple(means.shape)}")
+    if not bool(torch.isfinite(means).all()) or bool((means < 0).any()):
+        raise ValueError("means must be finite and non-negative (mean |c| per neuron)")
+    target = model if inplace else copy.deepcopy(model)
+    modules = dict(target.named_modules())
+    exact = _is_exact(target, names)
+    if not exact:
+        warnings.warn(f"{type(model).__name__} has a non-gated, non-ReLU MLP: scaling row j of the up projection "
+                      "changes c_j only approximately (the activation is not linear)", stacklevel=2)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = set(range(len(names)) if layers is None else layers)
+    indices, scales, notes = [], [], []
+    for l, name in enumerate(names):
+        a = means[l].double().cpu()
+        k = round(float(ratio) * a.numel()) if l in chosen else 0
+        rows, factors = _select(a, k, select, generator)
+        if len(rows) < k:
+            notes.append(f"layer {l}: {k - len(rows)} unused neurons (a = 0) left out")
+        s = float(factor) * factors
+        if len(s) and float(s.max()) > LARGE_FACTOR:
+            notes.append(f"layer {l}: very large factors (up to {float(s.max()):.0f}) on nearly unused neurons")
+        _scale_rows(modules[name], rows, s)
+        indices.append(rows)
+        scales.append(s)
+    return target, Reactivation(float(ratio), float(factor), select, exact, names, indices, scales, notes=notes)
+
+
+def measure_reactivation(model: nn.Module, batches: list[dict], ratio: float, factor: float,
+                         select: str = "least", seed: int = 0, **kwargs) -> tuple[nn.Module, Reactivation]:
+    """Coefficient means of ``model`` on ``batches``, a reactivated copy, and the knowledge entropy
+    of both measured on the same batches (``report.ke_before``, ``report.ke_after``)."""
+    from .entropy import coefficient_means, knowledge_entropy
+
+    batches = list(batches)
+    means = coefficient_means(model, batches)
+    modified, report = reactivate(model, means, ratio, factor, select=select, seed=seed, **kwargs)
+    report.ke_before = knowledge_entropy(means).total
+    report.ke_after = knowledge_entropy(coefficient_means(modified, batches)).total
+    return modified, report
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model to train further: ``select`` neurons, fraction ``ratio`` (p), ``factor`` (q).
+    ``ratio = 0`` is the unmodified baseline."""
+
+    name: str
+    ratio: float = 0.0
+    factor: float = 1.0
+    select: str = "least"
+
+
+def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),)) -> list[Variant]:
+    """The baseline, the study's method on every (p, q), and for each (p, q) in ``controls`` the
+    random-neuron and most-used-neuron controls with the same factors."""
+    variants = [Variant("baseline")]
+    variants += [Variant(f"least p={p:g} q={q:g}", p, q) for p in ratios for q in factors]
+    for p, q in controls:
+        variants += [Variant(f"{s} p={p:g} q={q:g}", p, q, s) for s in ("random", "most")]
+    return variants
+
+
+def reactivation_experiment(checkpoint, setup, variants: list[Variant], texts: list[str], stream_config=None,
+                            train_config=None, seeds=(0,), device: str = "cpu",
+                            progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reactivate ``checkpoint`` as each variant (coefficient means measured on ``texts``), measure
+    its KE on the same texts, and continue training it on ``setup``'s stream (same data order for
+    every variant of a seed). Acquisition and retention are relative to the *unmodified*
+    checkpoint, so a modification that hurts before training is not counted as acquisition.
+    Returns ``(results, logs)``: one row per (variant, seed), and the evaluation logs."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from .batching import text_batches
+    from .checkpoints import load_checkpoint
+    from .continual import StreamConfig, TrainConfig, evaluator, outcome, train_and_evaluate
+    from .entropy import coefficient_means, knowledge_entropy
+
+    stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
+    model = load_checkpoint(checkpoint, device=device)
+    batches = text_batches(tokenizer, texts)
+    means = coefficient_means(model, batches)
+    reference = pd.Series(evaluator(tokenizer, setup)(model, 0))
+    results, logs = [], []
+    for seed, variant in tqdm([(s, v) for s in seeds for v in variants], desc="variants x seeds", disable=not progress):
+        modified, report = reactivate(model, means, variant.ratio, variant.factor, variant.select, seed=seed)
+        ke = knowledge_entropy(coefficient_means(modified, batches))
+        log = train_and_evaluate(modified, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
+                                 dataclasses.replace(train_config, seed=seed))
+        start = log.iloc[0]
+        results.append({"variant": variant.name, "select": variant.select, "ratio": variant.ratio,
+                        "factor": variant.factor, "seed": seed, "exact": report.exact, "ke": ke.total,
+                        "normalized": ke.normalized,
+                        "retention_at_start": start["retention_score"] / reference["retention_score"],
+                        "heldout_loss_at_start": start["heldout_loss"] - reference["heldout_loss"],
+                        **outcome(log, before=reference)})
+        logs.append(log.assign(variant=variant.name, seed=seed))
+        del modified
+    return pd.DataFrame(results), pd.concat(logs, ignore_index=True)

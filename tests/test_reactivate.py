@@ -1,0 +1,143 @@
+"""Reactivation: exact scaling of the chosen coefficients, nothing else touched, controls, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_model
+from ke_utils import coefficient_means, knowledge_entropy
+from ke_utils.hooks import capture_coefficients
+from ke_utils.reactivate import measure_reactivation, reactivate, up_projection_names
+
+GATED = ["llama", "olmo", "olmo2", "mistral", "qwen2", "gemma"]
+NON_GATED = ["gpt_neox", "gpt2", "opt", "phi"]
+
+
+def _batch(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 128, (3, 12), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _coefficients(model, batch) -> dict[int, torch.Tensor]:
+    with torch.no_grad(), capture_coefficients(model) as captured:
+        model(**batch)
+    return dict(captured)
+
+
+@pytest.mark.parametrize("family", GATED)
+def test_gated_coefficients_scaled_exactly_and_nothing_else(family):
+    model, batch = make_model(family), _batch()
+    means = coefficient_means(model, [batch])
+    before = _coefficients(model, batch)
+    n_layers = means.shape[0]
+    for layer in range(n_layers):
+        modified, report = reactivate(model, means, ratio=0.3, factor=2.0, layers=[layer])
+        assert report.exact
+        after = _coefficients(modified, batch)
+        for earlier in range(layer):  # layers before the modified one see identical inputs
+            torch.testing.assert_close(after[earlier], before[earlier], rtol=0, atol=0)
+        rows, scales = report.indices[layer], report.scales[layer]
+        assert len(rows) == round(0.3 * means.shape[1]) and len(scales) == len(rows)
+        expected = before[layer].clone()
+        expected[..., rows] *= scales.float()
+        torch.testing.assert_close(after[layer], expected, rtol=1e-5, atol=1e-6)
+        # the scale lifts the chosen neurons to q * layer mean on the measurement data
+        lifted = after[layer].abs().reshape(-1, means.shape[1]).double().mean(0)[rows]
+        torch.testing.assert_close(lifted, torch.full_like(lifted, 2.0 * float(means[layer].mean())), rtol=1e-4, atol=0)
+        # every parameter other than the chosen rows of this layer's up projection is unchanged
+        changed = {n for n, p in modified.state_dict().items() if not torch.equal(p, model.state_dict()[n])}
+        assert changed == {report.modules[layer] + ".weight"} | (
+            {report.modules[layer] + ".bias"} if getattr(dict(model.named_modules())[report.modules[layer]], "bias", None)
+            is not None else set())
+        weight, orig = dict(modified.named_parameters())[report.modules[layer] + ".weight"], \
+            dict(model.named_parameters())[report.modules[layer] + ".weight"]
+        untouched = torch.ones(weight.shape[0], dtype=torch.bool)
+        untouched[rows] = False
+        assert torch.equal(weight[untouched], orig[untouched])
+
+
+@pytest.mark.parametrize("family", GATED + ["opt"])
+def test_ke_rises_for_q_1(family):
+    model, batch = make_model(family), _batch(1)
+    modified, report = measure_reactivation(model, [batch], ratio=0.5, factor=1.0)
+    if family != "opt":  # a random ReLU model has nearly dead neurons: factors in the thousands
+        assert report.ke_after > report.ke_before  # distort the next layer (see report.notes)
+    else:
+        assert any("very large" in note for note in report.notes)
+    # the first layer sees unchanged inputs, so its least-used half sits exactly at the layer mean
+    first = coefficient_means(modified, [batch])[0]
+    means = coefficient_means(model, [batch])[0]
+    assert knowledge_entropy(first[None]).total > knowledge_entropy(means[None]).total
+    torch.testing.assert_close(first[report.indices[0]], torch.full((len(report.indices[0]),), float(means.mean()),
+                                                                     dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("family", NON_GATED)
+def test_non_gated_is_flagged_approximate_unless_relu(family):
+    model, batch = make_model(family), _batch()
+    means = coefficient_means(model, [batch])
+    if family == "opt":  # ReLU: positively homogeneous, scaling the input row is exact
+        _, report = reactivate(model, means, 0.3, 2.0)
+        assert report.exact
+    else:
+        with pytest.warns(UserWarning, match="approximately"):
+            _, report = reactivate(model, means, 0.3, 2.0)
+        assert not report.exact
+    assert [len(i) for i in report.indices] == [round(0.3 * means.shape[1])] * means.shape[0]
+
+
+def test_p_zero_changes_nothing_and_inplace_switch():
+    model = make_model("llama")
+    means = coefficient_means(model, [_batch()])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    copy, report = reactivate(model, means, ratio=0.0, factor=3.0)
+    assert copy is not model and all(len(i) == 0 for i in report.indices)
+    assert all(torch.equal(copy.state_dict()[k], v) for k, v in state.items())
+    same, _ = reactivate(model, means, ratio=0.5, factor=2.0)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())  # not in place by default
+    assert same is not model
+    inplace, _ = reactivate(model, means, ratio=0.5, factor=2.0, inplace=True)
+    assert inplace is model and any(not torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_controls_use_the_same_factors_on_other_neurons():
+    model = make_model("llama")
+    means = coefficient_means(model, [_batch()])
+    _, least = reactivate(model, means, 0.25, 2.0, select="least")
+    _, most = reactivate(model, means, 0.25, 2.0, select="most")
+    _, rand = reactivate(model, means, 0.25, 2.0, select="random", seed=3)
+    _, rand_again = reactivate(model, means, 0.25, 2.0, select="random", seed=3)
+    for l in range(means.shape[0]):
+        torch.testing.assert_close(least.scales[l], most.scales[l])
+        torch.testing.assert_close(least.scales[l], rand.scales[l])
+        assert torch.equal(rand.indices[l], rand_again.indices[l])
+        assert set(least.indices[l].tolist()).isdisjoint(most.indices[l].tolist())
+        assert float(means[l][most.indices[l]].min()) >= float(means[l][least.indices[l]].max())
+        assert float(least.scales[l].min()) >= 2.0  # the least-used quarter lies below the layer mean
+    assert knowledge_entropy(means).total > 0
+    assert least.per_layer["touched"].tolist() == [16, 16]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(ratio=-0.1, factor=1.0), "ratio"), (dict(ratio=1.5, factor=1.0), "ratio"),
+    (dict(ratio=0.5, factor=0.0), "factor"), (dict(ratio=0.5, factor=float("nan")), "factor"),
+    (dict(ratio=0.5, factor=1.0, select="biggest"), "select"),
+])
+def test_bad_arguments_are_clear_errors(kwargs, match):
+    model = make_model("llama")
+    means = coefficient_means(model, [_batch()])
+    with pytest.raises(ValueError, match=match):
+        reactivate(model, means, **kwargs)
+
+
+def test_wrong_means_shape_and_unknown_architecture():
+    model = make_model("llama")
+    with pytest.raises(ValueError, match="n_layers"):
+        reactivate(model, torch.ones(5, 64), 0.5, 1.0)
+    bert = make_model("bert")
+    assert up_projection_names(bert)[0].endswith("layer.0.intermediate.dense")
+    model.config.model_type = "mystery"
+    with pytest.raises(ValueError, match="up_names"):
+        reactivate(model, torch.ones(2, 64), 0.5, 1.0)
