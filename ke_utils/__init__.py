@@ -9,6 +9,7 @@ from .checkpoints import Checkpoint, hub_checkpoints, load_checkpoint, local_che
 from .entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy, measure_knowledge_entropy
 from .hooks import COEFFICIENT_MODULES, CoefficientAccumulator, capture_coefficients, find_coefficient_modules
 from .pretrain import builtin_family, builtin_texts
+from .reactivation import measure_reactivation, reactivate
 from .subjects import Subject, load_subject
 from .sweep import sweep
 
@@ -30,7 +31,9 @@ __all__ = [
     "load_subject",
     "local_checkpoints",
     "measure_knowledge_entropy",
+    "measure_reactivation",
     "pad_batch",
+    "reactivate",
     "select",
     "sweep",
     "tokenize_documents",

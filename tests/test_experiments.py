@@ -10,7 +10,7 @@ import pytest
 
 from ke_utils.continual import StreamConfig, TrainConfig, builtin_setup, run_stage, stage_experiment
 from ke_utils.pretrain import builtin_family, builtin_texts
-from ke_utils.reactivate import Variant, reactivation_experiment, variant_grid
+from ke_utils.reactivation import Variant, reactivation_experiment, variant_grid
 from ke_utils.stats import mean_and_spread
 from test_pretrain import MINI
 

@@ -8,7 +8,7 @@ import torch
 from conftest import make_model
 from ke_utils import coefficient_means, knowledge_entropy
 from ke_utils.hooks import capture_coefficients
-from ke_utils.reactivate import measure_reactivation, reactivate, up_projection_names
+from ke_utils.reactivation import measure_reactivation, reactivate, up_projection_names
 
 GATED = ["llama", "olmo", "olmo2", "mistral", "qwen2", "gemma"]
 NON_GATED = ["gpt_neox", "gpt2", "opt", "phi"]
