@@ -11,7 +11,7 @@ from .hooks import COEFFICIENT_MODULES, CoefficientAccumulator, capture_coeffici
 from .pretrain import builtin_family, builtin_texts
 from .reactivation import measure_reactivation, reactivate
 from .subjects import Subject, load_subject
-from .sweep import sweep
+from .checkpoint_sweep import sweep
 
 __all__ = [
     "COEFFICIENT_MODULES",

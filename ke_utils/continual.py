@@ -234,11 +234,14 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
     table = pd.concat([probe_table(setup.paraphrase).assign(regime="paraphrase"),
                        probe_table(setup.once).assign(regime="once")], ignore_index=True)
 
-    def evaluate(model, step: int) -> dict:
+    def evaluate(model, step: int, retention: bool = True) -> dict:
+        """``retention=False``: the new-knowledge probes only (cheap, for evaluations mid-run)."""
         scored = score_probes(model, tokenizer, table)
         per_item = scored.groupby(["regime", "kind", "item"])[["logprob", "exact"]].mean()
         summary = per_item.groupby(["regime", "kind"]).mean()
         out = {f"{m}_{r}_{k}": float(summary.loc[(r, k), m]) for r, k in summary.index for m in ("logprob", "exact")}
+        if not retention:
+            return out
         if setup.tasks is not None:
             scores = {name: multiple_choice_accuracy(model, tokenizer, items, metric)
                       for name, (items, metric) in setup.tasks.items()}
@@ -253,16 +256,21 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
 
 
 def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
-                       train_config: TrainConfig, eval_rounds: bool = False, progress: bool = False) -> pd.DataFrame:
+                       train_config: TrainConfig, eval_every: int = 0, progress: bool = False) -> pd.DataFrame:
     """Continued training of ``model`` (in place) on the stream of ``setup``; the evaluation log
-    (step 0 = before, then after each round if ``eval_rounds``, and at the end)."""
+    (step 0 = before, after every ``eval_every``-th injection round if > 0, and at the end)."""
     stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
-    rounds = [r * stream_config.interval for r in range(1, stream_config.rounds)] if eval_rounds else []
-    return continue_training(model, stream, train_config, evaluator(tokenizer, setup), rounds, progress)
+    rounds = [r * stream_config.interval for r in range(eval_every, stream_config.rounds, eval_every)] if eval_every else []
+    full = evaluator(tokenizer, setup)
+
+    def evaluate(m, step: int) -> dict:  # retention and LM loss only before and at the end
+        return full(m, step, retention=step in (0, len(stream.batches)))
+
+    return continue_training(model, stream, train_config, evaluate, rounds, progress)
 
 
 def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
-              eval_rounds: bool = False, device: str = "cpu", progress: bool = False) -> pd.DataFrame:
+              eval_every: int = 0, device: str = "cpu", progress: bool = False) -> pd.DataFrame:
     """Continued training of one checkpoint; the evaluation log (step 0 = before)."""
     from transformers import AutoTokenizer
 
@@ -270,7 +278,7 @@ def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, tr
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
     model = load_checkpoint(checkpoint, device=device)
-    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_rounds, progress)
+    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_every, progress)
     return log.assign(checkpoint=checkpoint.step)
 
 
@@ -291,10 +299,11 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
 
 
 def stage_experiment(checkpoints, setup: KnowledgeSetup, stream_config: StreamConfig = StreamConfig(),
-                     train_config: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,),
+                     train_config: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,), eval_every: int = 0,
                      device: str = "cpu", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The same continued training from every checkpoint, for each seed (the seed sets the data
-    order and the training randomness; every checkpoint sees the same order for a seed).
+    order and the training randomness; every checkpoint sees the same order for a seed),
+    evaluated before, after every ``eval_every``-th injection round (0: never) and at the end.
     Returns ``(results, logs)``: one row per (checkpoint, seed) with :func:`outcome`, and the logs."""
     import dataclasses
 
@@ -302,7 +311,7 @@ def stage_experiment(checkpoints, setup: KnowledgeSetup, stream_config: StreamCo
     runs = [(c, s) for s in seeds for c in checkpoints]
     for ckpt, seed in tqdm(runs, desc="stages x seeds", disable=not progress):
         log = run_stage(ckpt, setup, dataclasses.replace(stream_config, seed=seed),
-                        dataclasses.replace(train_config, seed=seed), device=device)
+                        dataclasses.replace(train_config, seed=seed), eval_every, device)
         logs.append(log.assign(seed=seed))
         results.append({"step": ckpt.step, "seed": seed, **outcome(log)})
     return pd.DataFrame(results), pd.concat(logs, ignore_index=True)

@@ -182,3 +182,21 @@ def plot_variants(summary: pd.DataFrame, columns: dict[str, str], axes=None):
         ax.set_title(label, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_training_curves(logs: pd.DataFrame, columns: dict[str, str], by: str = "checkpoint", axes=None):
+    """Each ``column`` of the evaluation logs against the continued-training step, one line per
+    value of ``by`` (mean over seeds), e.g. new-fact log-probability after every injection round."""
+    if axes is None:
+        fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 3.6), squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    for ax, (column, label) in zip(axes, columns.items()):
+        curves = logs.dropna(subset=[column]).groupby([by, "step"])[column].mean().unstack(by)
+        for name in curves.columns:
+            ax.plot(curves.index, curves[name], marker=".", label=f"{by} {name}")
+        ax.set_xlabel("continued-training step")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

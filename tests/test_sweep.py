@@ -7,9 +7,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import ke_utils
-from ke_utils import sweep as sweep_module
+from ke_utils import checkpoint_sweep as sweep_module
 from ke_utils.checkpoints import hub_checkpoints, load_checkpoint, local_checkpoints
-from ke_utils.sweep import sweep
+from ke_utils.checkpoint_sweep import sweep
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Knowledge entropy falls as training goes on.",
          "Memory vectors store facts.", "The lazy dog sleeps over the quick fox."]
