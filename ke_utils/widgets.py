@@ -13,6 +13,7 @@ def coefficient_explorer(frame: pd.DataFrame):
     """A checkpoint slider and a layer selector over the coefficient distribution of a sweep;
     the first checkpoint is drawn for reference."""
     import ipywidgets as widgets
+    from IPython.display import display
 
     n_layers = frame["means"].iloc[0].shape[0]
     checkpoint = widgets.SelectionSlider(options=list(frame["step"]), value=frame["step"].iloc[-1],
@@ -27,7 +28,8 @@ def coefficient_explorer(frame: pd.DataFrame):
             row = frame[frame["step"] == checkpoint.value].iloc[0]
             fig = plot_coefficient_distribution(
                 {f"step {first.step}": first.means, f"step {row.step}": row.means}, layer.value)
-            plt.show(fig)
+            display(fig)  # works with any backend (plt.show(fig) does not)
+            plt.close(fig)
 
     checkpoint.observe(draw, "value")
     layer.observe(draw, "value")

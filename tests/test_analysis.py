@@ -70,3 +70,25 @@ def test_figures_draw_and_save(tmp_path, monkeypatch):
 def test_save_figure_is_a_no_op_outside_the_main_job(monkeypatch):
     monkeypatch.delenv("KE_RESULTS_DIR", raising=False)
     assert plots.save_figure(plots.plot_ke_curve(_frame()), "x") is None
+
+
+def test_coefficient_explorer_draws_and_redraws_on_any_backend():
+    from ke_utils.widgets import coefficient_explorer
+
+    frame = _frame()
+    box = coefficient_explorer(frame)  # draws once (under the Agg backend of the tests)
+    checkpoint, layer = box.children[0].children
+    checkpoint.value, layer.value = frame["step"].iloc[1], 0  # each change redraws
+    assert checkpoint.value == frame["step"].iloc[1] and layer.value == 0
+
+
+def test_stage_and_variant_figures():
+    summary = pd.DataFrame({"step": [10, 20, 30], "normalized": [0.99, 0.98, 0.97], "a": [0.1, 0.2, 0.3],
+                            "a_std": [0.01, 0.02, 0.0], "ratio": [0.0, 0.5, 0.5], "select": ["least", "least", "random"],
+                            "variant": ["baseline", "least", "random"]})
+    assert len(plots.plot_stage_outcomes(summary, {"a": "A"}).axes) == 2
+    fig = plots.plot_variants(summary, {"a": "A"})
+    assert [round(p.get_height(), 3) for p in fig.axes[0].patches] == [0.1, 0.2, 0.3]
+    logs = pd.DataFrame({"checkpoint": [10, 10, 20, 20], "step": [0, 6, 0, 6], "k": [-5.0, -3.0, -6.0, -3.1]})
+    lines = plots.plot_training_curves(logs, {"k": "K"}).axes[0].lines
+    assert [list(l.get_ydata()) for l in lines] == [[-5.0, -3.0], [-6.0, -3.1]]
