@@ -140,9 +140,15 @@ def acquisition(before: float, after: float) -> float:
     return (after - before) / abs(before)
 
 
+def retention(before: float, after: float) -> float:
+    """``P_after / P_before`` for a score P (higher = better); NaN when ``P_before`` is 0 (nothing
+    was known, so nothing can be retained or forgotten)."""
+    return float(after) / float(before) if before else float("nan")
+
+
 def forgetting(before: float, after: float) -> float:
-    """The study's forgetting ``F = (P_before - P_after) / P_before`` for a score P (higher = better)."""
-    return (before - after) / before
+    """The study's forgetting ``F = (P_before - P_after) / P_before = 1 - retention``."""
+    return 1.0 - retention(before, after)
 
 
 @dataclass
@@ -293,7 +299,7 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
             name = column[len("logprob_"):]
             out[f"acquisition_{name}"] = acquisition(before[column], after[column])
             out[f"exact_{name}"] = after[f"exact_{name}"]
-    out["retention"] = after["retention_score"] / before["retention_score"]
+    out["retention"] = retention(before["retention_score"], after["retention_score"])
     out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
     out["heldout_loss_change"] = after["heldout_loss"] - before["heldout_loss"]
     return out

@@ -222,7 +222,7 @@ def reactivation_experiment(checkpoint, setup, variants: list[Variant], texts: l
 
     from .batching import text_batches
     from .checkpoints import load_checkpoint
-    from .continual import StreamConfig, TrainConfig, evaluator, outcome, train_and_evaluate
+    from .continual import StreamConfig, TrainConfig, evaluator, outcome, retention, train_and_evaluate
     from .entropy import coefficient_means, knowledge_entropy
 
     stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
@@ -241,7 +241,7 @@ def reactivation_experiment(checkpoint, setup, variants: list[Variant], texts: l
         results.append({"variant": variant.name, "select": variant.select, "ratio": variant.ratio,
                         "factor": variant.factor, "seed": seed, "exact": report.exact, "ke": ke.total,
                         "normalized": ke.normalized,
-                        "retention_at_start": start["retention_score"] / reference["retention_score"],
+                        "retention_at_start": retention(reference["retention_score"], start["retention_score"]),
                         "heldout_loss_at_start": start["heldout_loss"] - reference["heldout_loss"],
                         **outcome(log, before=reference)})
         logs.append(log.assign(variant=variant.name, seed=seed))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
 
 from ke_utils.continual import (StreamConfig, TrainConfig, acquisition, build_stream, continue_training,
-                                forgetting, injection_schedule, wording)
+                                forgetting, injection_schedule, retention, wording)
 from ke_utils.pretrain import EOS, train_tokenizer
 
 BACKGROUND = [f"The market of Town{i % 7} opens at dawn and closes at dusk, said the keeper {i}." for i in range(200)]
@@ -89,3 +91,5 @@ def test_continued_training_is_deterministic(tokenizer):
 def test_acquisition_and_forgetting_formulas():
     assert acquisition(-4.0, -3.0) == pytest.approx(0.25)
     assert forgetting(0.8, 0.6) == pytest.approx(0.25)
+    assert retention(0.8, 0.6) == pytest.approx(0.75)
+    assert math.isnan(retention(0.0, 0.3)) and math.isnan(forgetting(0.0, 0.3))
