@@ -204,7 +204,7 @@ def subject_setup(subject, records_json: str | None = None, n_paraphrase: int = 
     the first ``n_paraphrase`` records in the paraphrase regime, the rest once) or, if None, the
     generated world's records, with background text and downstream tasks from the hub."""
     if subject.is_builtin:
-        return builtin_setup(subject.name.partition(":")[2] or "overtrained")
+        return builtin_setup(subject.family)
     if records_json is None:
         from .world import generate_world, knowledge_records
 
@@ -218,11 +218,11 @@ def subject_setup(subject, records_json: str | None = None, n_paraphrase: int = 
 @torch.inference_mode()
 def lm_loss(model, tokenizer, texts: Sequence[str], max_tokens: int = 256) -> float:
     """Mean next-token loss (nats per token) over ``texts``."""
-    from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
+    from .batching import text_batches
 
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for batch in length_bucketed_batches(list(tokenize_documents(tokenizer, texts, max_tokens)), pad_token_id(tokenizer)):
+    for batch in text_batches(tokenizer, texts, max_tokens):
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         logp = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float().log_softmax(-1)
         nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -236,18 +236,16 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
     retention score P (exact match on retention probes, or mean downstream accuracy) and
     held-out LM loss."""
     from .downstream import multiple_choice_accuracy
-    from .probes import probe_table, score_probes
+    from .probes import probe_table, score_probes, summarize
 
     table = pd.concat([probe_table(setup.paraphrase).assign(regime="paraphrase"),
                        probe_table(setup.once).assign(regime="once")], ignore_index=True)
 
-    def evaluate(model, step: int, retention: bool = True) -> dict:
-        """``retention=False``: the new-knowledge probes only (cheap, for evaluations mid-run)."""
-        scored = score_probes(model, tokenizer, table)
-        per_item = scored.groupby(["regime", "kind", "item"])[["logprob", "exact"]].mean()
-        summary = per_item.groupby(["regime", "kind"]).mean()
+    def evaluate(model, step: int, with_retention: bool = True) -> dict:
+        """``with_retention=False``: the new-knowledge probes only (cheap, for evaluations mid-run)."""
+        summary = summarize(score_probes(model, tokenizer, table), by=("regime", "kind"))
         out = {f"{m}_{r}_{k}": float(summary.loc[(r, k), m]) for r, k in summary.index for m in ("logprob", "exact")}
-        if not retention:
+        if not with_retention:
             return out
         if setup.tasks is not None:
             scores = {name: multiple_choice_accuracy(model, tokenizer, items, metric)
@@ -271,7 +269,7 @@ def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: S
     full = evaluator(tokenizer, setup)
 
     def evaluate(m, step: int) -> dict:  # retention and LM loss only before and at the end
-        return full(m, step, retention=step in (0, len(stream.batches)))
+        return full(m, step, with_retention=step in (0, len(stream.batches)))
 
     return continue_training(model, stream, train_config, evaluate, rounds, progress)
 

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from .batching import pad_batch, pad_token_id
+from .records import PROBE_KINDS
 
 
 def encode_pairs(tokenizer, inputs: Sequence[str], targets: Sequence[str]) -> list[tuple[list[int], int]]:
@@ -62,7 +63,7 @@ def score_probes(model, tokenizer, probes: pd.DataFrame, batch_size: int = 64) -
     return pd.concat([probes.reset_index(drop=True), scores], axis=1)
 
 
-def probe_table(records: Sequence[dict], kinds: Sequence[str] = ("mem", "gen", "hard_gen")) -> pd.DataFrame:
+def probe_table(records: Sequence[dict], kinds: Sequence[str] = PROBE_KINDS) -> pd.DataFrame:
     """All probes of fictional-knowledge records: one row per (item, kind, probe)."""
     rows = [
         {"item": i, "kind": kind, "probe": j, "input": inp, "target": tgt}

@@ -22,10 +22,16 @@ DEFAULT_HUB_TEXTS = ("allenai/c4", "en", "validation", "text")
 
 @dataclass
 class Subject:
+    """``family``: the built-in family's name (``"overtrained"``, ``"capacity"``), None otherwise."""
+
     name: str
     checkpoints: list[Checkpoint]
     texts: list[str]
-    is_builtin: bool
+    family: str | None = None
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.family is not None
 
 
 def hub_texts(n_docs: int, source: tuple[str, str | None, str, str] = DEFAULT_HUB_TEXTS) -> list[str]:
@@ -47,17 +53,15 @@ def load_subject(
 ) -> Subject:
     """Checkpoints (optionally ``n_checkpoints`` log-spaced, or explicit ``steps``) and ``n_docs``
     held-out evaluation texts of ``subject``."""
-    if subject.startswith("builtin"):
-        family = subject.partition(":")[2] or "overtrained"
+    family = (subject.partition(":")[2] or "overtrained") if subject.startswith("builtin") else None
+    if family:
         checkpoints = builtin_family(family)
         texts = builtin_texts("heldout", n_docs, family)
-        builtin = True
     else:
         checkpoints = local_checkpoints(subject) if Path(subject).is_dir() else hub_checkpoints(subject)
         texts = hub_texts(n_docs, text_source)
-        builtin = False
     if steps is not None:
         checkpoints = select(checkpoints, steps=steps)
     elif n_checkpoints is not None:
         checkpoints = select(checkpoints, n_log=n_checkpoints)
-    return Subject(subject, checkpoints, texts, builtin)
+    return Subject(subject, checkpoints, texts, family)
