@@ -44,7 +44,8 @@ LARGE_FACTOR = 100.0  # factors above this are reported in the notes: they can d
 @dataclass
 class Reactivation:
     """What :func:`reactivate` did. ``indices[l]`` and ``scales[l]`` are the touched neurons of
-    layer l and their factors; ``ke_before`` / ``ke_after`` are filled by :func:`measure_reactivation`."""
+    layer l and their factors. :func:`measure_reactivation` fills ``ke_before`` / ``ke_after`` (nats)
+    and the coefficient means they come from, ``means_before`` / ``means_after`` (``[n_layers, d_ff]``)."""
 
     ratio: float
     factor: float
@@ -55,6 +56,8 @@ class Reactivation:
     scales: list[torch.Tensor]
     ke_before: float | None = None
     ke_after: float | None = None
+    means_before: torch.Tensor | None = field(default=None, repr=False)
+    means_after: torch.Tensor | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -181,8 +184,9 @@ def measure_reactivation(model: nn.Module, batches: list[dict], ratio: float, fa
     batches = list(batches)
     means = coefficient_means(model, batches)
     modified, report = reactivate(model, means, ratio, factor, select=select, seed=seed, **kwargs)
-    report.ke_before = knowledge_entropy(means).total
-    report.ke_after = knowledge_entropy(coefficient_means(modified, batches)).total
+    report.means_before, report.means_after = means, coefficient_means(modified, batches)
+    report.ke_before = knowledge_entropy(report.means_before).total
+    report.ke_after = knowledge_entropy(report.means_after).total
     return modified, report
 
 
@@ -207,28 +211,22 @@ def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),))
     return variants
 
 
-def reactivation_experiment(checkpoint, setup, variants: list[Variant], texts: list[str], stream_config=None,
-                            train_config=None, seeds=(0,), device: str = "cpu",
-                            progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Reactivate ``checkpoint`` as each variant (coefficient means measured on ``texts``), measure
-    its KE on the same texts, and continue training it on ``setup``'s stream (same data order for
-    every variant of a seed). Acquisition and retention are relative to the *unmodified*
-    checkpoint, so a modification that hurts before training is not counted as acquisition.
+def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], batches: list[dict], stream_config=None,
+                            train_config=None, seeds=(0,), progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reactivate a copy of ``model`` as each variant (coefficient means measured on ``batches``,
+    e.g. :func:`~ke_utils.batching.text_batches`), measure its KE on the same batches, and continue
+    training it on ``setup``'s stream (same data order for every variant of a seed). ``model`` is
+    left unchanged. Acquisition and retention are relative to the *unmodified* model, so a
+    modification that hurts before training is not counted as acquisition.
     Returns ``(results, logs)``: one row per (variant, seed), and the evaluation logs."""
     import dataclasses
 
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
-    from .batching import text_batches
-    from .checkpoints import load_checkpoint
     from .continual import StreamConfig, TrainConfig, evaluator, outcome, retention, train_and_evaluate
     from .entropy import coefficient_means, knowledge_entropy
 
     stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
-    model = load_checkpoint(checkpoint, device=device)
-    batches = text_batches(tokenizer, texts)
     means = coefficient_means(model, batches)
     reference = pd.Series(evaluator(tokenizer, setup)(model, 0))
     results, logs = [], []

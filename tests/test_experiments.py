@@ -7,7 +7,11 @@ import math
 
 import pandas as pd
 import pytest
+import torch
+from transformers import AutoTokenizer
 
+from ke_utils.batching import text_batches
+from ke_utils.checkpoints import load_checkpoint
 from ke_utils.continual import StreamConfig, TrainConfig, builtin_setup, run_stage, stage_experiment
 from ke_utils.pretrain import builtin_family, builtin_texts
 from ke_utils.reactivation import Variant, reactivation_experiment, variant_grid
@@ -42,7 +46,12 @@ def test_stage_experiment_rows_and_determinism(mini):
 def test_reactivation_baseline_equals_plain_continued_training(mini):
     checkpoints, setup, texts = mini
     variants = [Variant("baseline"), Variant("least p=0.5 q=2", 0.5, 2.0)]
-    results, _ = reactivation_experiment(checkpoints[-1], setup, variants, texts, STREAM, TRAIN, seeds=(0,), progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
+    model = load_checkpoint(checkpoints[-1])
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    results, _ = reactivation_experiment(model, tokenizer, setup, variants, text_batches(tokenizer, texts), STREAM, TRAIN,
+                                         seeds=(0,), progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())  # the experiment works on copies
     plain, _ = stage_experiment(checkpoints[-1:], setup, STREAM, TRAIN, seeds=(0,), progress=False)
     base = results[results.variant == "baseline"].iloc[0]
     for column in ("acquisition_paraphrase_mem", "acquisition_once_gen", "heldout_loss_change"):

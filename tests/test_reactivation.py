@@ -72,6 +72,10 @@ def test_ke_rises_for_q_1(family):
     assert knowledge_entropy(first[None]).total > knowledge_entropy(means[None]).total
     torch.testing.assert_close(first[report.indices[0]], torch.full((len(report.indices[0]),), float(means.mean()),
                                                                      dtype=torch.float64), rtol=1e-4, atol=0)
+    # the report keeps the means its KE values come from: those of the model and of the copy
+    torch.testing.assert_close(report.means_before, coefficient_means(model, [batch]))
+    torch.testing.assert_close(report.means_after, coefficient_means(modified, [batch]))
+    assert report.ke_after == knowledge_entropy(report.means_after).total
 
 
 @pytest.mark.parametrize("family", NON_GATED)
