@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
 from .cache import cache_dir, config_key
@@ -41,8 +42,6 @@ def _load_entry(path: Path) -> tuple[torch.Tensor, dict] | None:
     if not path.exists():
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         means = load_file(str(path))["means"]
@@ -93,8 +92,6 @@ def sweep(
     folder = Path(folder) if folder else sweep_dir(checkpoints, texts, settings)
     folder.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(checkpoints[0].path, revision=checkpoints[0].revision)
     docs = list(tokenize_documents(tokenizer, texts, max_tokens_per_doc))
     batches = length_bucketed_batches(

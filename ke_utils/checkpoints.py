@@ -23,6 +23,7 @@ from pathlib import Path
 
 import huggingface_hub
 import torch
+import transformers
 from huggingface_hub.errors import RevisionNotFoundError
 
 __all__ = [
@@ -283,8 +284,6 @@ def load_checkpoint(
     ``.safetensors`` files are loaded with ``use_safetensors=True``. A revision missing on the hub
     raises ``ValueError("checkpoint 'name' not found in repo: ...")``.
     """
-    import transformers
-
     cls = model_cls or transformers.AutoModelForCausalLM
     options = dict(kwargs)
     if dtype is not None:

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 # model_type -> regex over module names (prefix-free: matched at a dot boundary) whose
 # single group is the layer index. The module's *input* is the coefficient c.
@@ -34,8 +35,6 @@ _D_FF_KEYS = ("intermediate_size", "ffn_dim", "n_inner", "d_ff")
 
 
 def _is_projection(module: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
     return isinstance(module, (nn.Linear, Conv1D))
 
 

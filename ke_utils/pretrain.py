@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging
 
 from .cache import atomic_write_text, cache_dir, config_key
 from .checkpoints import Checkpoint, local_checkpoints
+from .training import optimizer, pack, train_step
 from .world import WorldConfig, generate_world, pretraining_corpus
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -84,9 +88,6 @@ def family_dir(config: FamilyConfig, root: Path | None = None) -> Path:
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE trained on ``texts``, as a transformers fast tokenizer with pad and eos."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -100,20 +101,8 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=EOS)
 
 
-def pack(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
-    """Documents joined by end-of-text and cut into ``[n_sequences, seq_len]`` (standard packing)."""
-    ids = tokenizer([t + EOS for t in texts], add_special_tokens=False)["input_ids"]
-    stream = torch.tensor([i for doc in ids for i in doc], dtype=torch.long)
-    n = len(stream) // seq_len
-    if n == 0:
-        raise ValueError(f"corpus has {len(stream)} tokens, fewer than one sequence of {seq_len}")
-    return stream[: n * seq_len].view(n, seq_len)
-
-
 def make_model(config: FamilyConfig, tokenizer):
     """A fresh Llama (SwiGLU MLP, tied embeddings) of the family's shape, seeded."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(config.seed)
     return LlamaForCausalLM(
         LlamaConfig(
@@ -144,31 +133,7 @@ def _lr_lambda(config: FamilyConfig):
     return factor
 
 
-def optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (not on norms or biases), as in OLMo and nanoGPT."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
-
-
-def train_step(model, batch: torch.Tensor, opt, sched) -> float:
-    """One language-model step on ``batch`` (``[batch, seq]`` token ids), gradients clipped to
-    norm 1; returns the loss."""
-    loss = model(input_ids=batch, labels=batch).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return loss.item()
-
-
 def _save(model, tokenizer, folder: Path) -> None:
-    from transformers.utils import logging
-
     bars = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # one "Writing model shards" bar per 5 MB checkpoint is noise
     try:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .entropy import coefficient_means, knowledge_entropy
 from .hooks import find_coefficient_modules
 
 # model_type -> (suffix of the coefficient module, suffix of the up projection that replaces it)
@@ -179,8 +180,6 @@ def measure_reactivation(model: nn.Module, batches: list[dict], ratio: float, fa
                          select: str = "least", seed: int = 0, **kwargs) -> tuple[nn.Module, Reactivation]:
     """Coefficient means of ``model`` on ``batches``, a reactivated copy, and the knowledge entropy
     of both measured on the same batches (``report.ke_before``, ``report.ke_after``)."""
-    from .entropy import coefficient_means, knowledge_entropy
-
     batches = list(batches)
     means = coefficient_means(model, batches)
     modified, report = reactivate(model, means, ratio, factor, select=select, seed=seed, **kwargs)
@@ -188,60 +187,3 @@ def measure_reactivation(model: nn.Module, batches: list[dict], ratio: float, fa
     report.ke_before = knowledge_entropy(report.means_before).total
     report.ke_after = knowledge_entropy(report.means_after).total
     return modified, report
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One model to train further: ``select`` neurons, fraction ``ratio`` (p), ``factor`` (q).
-    ``ratio = 0`` is the unmodified baseline."""
-
-    name: str
-    ratio: float = 0.0
-    factor: float = 1.0
-    select: str = "least"
-
-
-def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),)) -> list[Variant]:
-    """The baseline, the study's method on every (p, q), and for each (p, q) in ``controls`` the
-    random-neuron and most-used-neuron controls with the same factors."""
-    variants = [Variant("baseline")]
-    variants += [Variant(f"least p={p:g} q={q:g}", p, q) for p in ratios for q in factors]
-    for p, q in controls:
-        variants += [Variant(f"{s} p={p:g} q={q:g}", p, q, s) for s in ("random", "most")]
-    return variants
-
-
-def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], batches: list[dict], stream_config=None,
-                            train_config=None, seeds=(0,), progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Reactivate a copy of ``model`` as each variant (coefficient means measured on ``batches``,
-    e.g. :func:`~ke_utils.batching.text_batches`), measure its KE on the same batches, and continue
-    training it on ``setup``'s stream (same data order for every variant of a seed). ``model`` is
-    left unchanged. Acquisition and retention are relative to the *unmodified* model, so a
-    modification that hurts before training is not counted as acquisition.
-    Returns ``(results, logs)``: one row per (variant, seed), and the evaluation logs."""
-    import dataclasses
-
-    from tqdm.auto import tqdm
-
-    from .continual import StreamConfig, TrainConfig, evaluator, outcome, retention, train_and_evaluate
-    from .entropy import coefficient_means, knowledge_entropy
-
-    stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
-    means = coefficient_means(model, batches)
-    reference = pd.Series(evaluator(tokenizer, setup)(model, 0))
-    results, logs = [], []
-    for seed, variant in tqdm([(s, v) for s in seeds for v in variants], desc="variants x seeds", disable=not progress):
-        modified, report = reactivate(model, means, variant.ratio, variant.factor, variant.select, seed=seed)
-        ke = knowledge_entropy(coefficient_means(modified, batches))
-        log = train_and_evaluate(modified, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
-                                 dataclasses.replace(train_config, seed=seed))
-        start = log.iloc[0]
-        results.append({"variant": variant.name, "select": variant.select, "ratio": variant.ratio,
-                        "factor": variant.factor, "seed": seed, "exact": report.exact, "ke": ke.total,
-                        "normalized": ke.normalized,
-                        "retention_at_start": retention(reference["retention_score"], start["retention_score"]),
-                        "heldout_loss_at_start": start["heldout_loss"] - reference["heldout_loss"],
-                        **outcome(log, before=reference)})
-        logs.append(log.assign(variant=variant.name, seed=seed))
-        del modified
-    return pd.DataFrame(results), pd.concat(logs, ignore_index=True)

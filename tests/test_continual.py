@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from ke_utils.continual import (StreamConfig, TrainConfig, acquisition, build_stream, continue_training,
-                                forgetting, injection_schedule, retention, wording)
-from ke_utils.pretrain import EOS, train_tokenizer
+from ke_utils.continual import TrainConfig, continue_training
+from ke_utils.outcomes import acquisition, forgetting, retention
+from ke_utils.pretrain import EOS, FamilyConfig, make_model, train_tokenizer
+from ke_utils.stream import StreamConfig, build_stream, injection_schedule, wording
 
 BACKGROUND = [f"The market of Town{i % 7} opens at dawn and closes at dusk, said the keeper {i}." for i in range(200)]
 
@@ -68,8 +69,6 @@ def test_stream_holds_the_paragraphs_where_scheduled(tokenizer):
 
 
 def test_continued_training_is_deterministic(tokenizer):
-    from ke_utils.pretrain import FamilyConfig, make_model
-
     family = FamilyConfig(hidden_size=16, intermediate_size=32, n_layers=2, n_heads=2, seq_len=48)
     config = StreamConfig(rounds=2, interval=3, batch_size=4, seq_len=48, max_injected_rows=2)
     stream = build_stream(tokenizer, BACKGROUND, [_record(0)], [_record(1)], config)

@@ -10,13 +10,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from helpers import MINI
 from ke_utils.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
-from ke_utils.continual import StreamConfig, TrainConfig, builtin_setup, run_stage, stage_experiment
+from ke_utils.continual import TrainConfig
+from ke_utils.experiments import Variant, reactivation_experiment, run_stage, stage_experiment, variant_grid
 from ke_utils.pretrain import builtin_family, builtin_texts
-from ke_utils.reactivation import Variant, reactivation_experiment, variant_grid
+from ke_utils.setups import builtin_setup
 from ke_utils.stats import mean_and_spread
-from test_pretrain import MINI
+from ke_utils.stream import StreamConfig
 
 STREAM = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=32, max_injected_rows=2)
 TRAIN = TrainConfig(lr=3e-3, warmup=1)

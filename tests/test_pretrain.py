@@ -10,14 +10,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ke_utils import pretrain
+from helpers import MINI
 from ke_utils.pretrain import FamilyConfig, builtin_family, builtin_texts, family_dir
-from ke_utils.world import WorldConfig
-
-MINI = FamilyConfig(
-    world=WorldConfig(seed=3, n_people=8, n_paraphrase_people=2, n_once_people=1),
-    n_train_docs=150, n_heldout_docs=20, vocab_size=320, hidden_size=16, intermediate_size=32,
-    n_layers=2, n_heads=2, seq_len=32, batch_size=4, steps=6, warmup=2, checkpoint_steps=(0, 3, 6),
-)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_model
+from helpers import make_model
 from ke_utils import coefficient_means, knowledge_entropy
 from ke_utils.hooks import capture_coefficients
 from ke_utils.reactivation import measure_reactivation, reactivate, up_projection_names

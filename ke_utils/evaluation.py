@@ -1,0 +1,54 @@
+"""Evaluating a model during continued training: probe scores on the new knowledge, retention of
+the old, and held-out language-model loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from .batching import text_batches
+from .downstream import multiple_choice_accuracy
+from .probes import probe_table, score_probes, summarize
+from .setups import KnowledgeSetup
+
+
+@torch.inference_mode()
+def lm_loss(model, tokenizer, texts: Sequence[str], max_tokens: int = 256) -> float:
+    """Mean next-token loss (nats per token) over ``texts``."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in text_batches(tokenizer, texts, max_tokens):
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        logp = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float().log_softmax(-1)
+        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        real = mask[:, 1:].bool()
+        total, count = total + float(nll[real].sum()), count + int(real.sum())
+    return total / count
+
+
+def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]:
+    """``evaluate(model, step)``: log-prob K and exact match per regime and probe kind, the
+    retention score P (exact match on retention probes, or mean downstream accuracy) and
+    held-out LM loss."""
+    table = pd.concat([probe_table(setup.paraphrase).assign(regime="paraphrase"),
+                       probe_table(setup.once).assign(regime="once")], ignore_index=True)
+
+    def evaluate(model, step: int, with_retention: bool = True) -> dict:
+        """``with_retention=False``: the new-knowledge probes only (cheap, for evaluations mid-run)."""
+        summary = summarize(score_probes(model, tokenizer, table), by=("regime", "kind"))
+        out = {f"{m}_{r}_{k}": float(summary.loc[(r, k), m]) for r, k in summary.index for m in ("logprob", "exact")}
+        if not with_retention:
+            return out
+        if setup.tasks is not None:
+            scores = {name: multiple_choice_accuracy(model, tokenizer, items, metric)
+                      for name, (items, metric) in setup.tasks.items()}
+            out.update({f"task_{name}": v for name, v in scores.items()}, retention_score=sum(scores.values()) / len(scores))
+        else:
+            kept = score_probes(model, tokenizer, setup.retention)
+            out.update(retention_score=float(kept["exact"].mean()), retention_logprob=float(kept["logprob"].mean()))
+        out["heldout_loss"] = lm_loss(model, tokenizer, setup.heldout)
+        return out
+
+    return evaluate

@@ -1,0 +1,111 @@
+"""Experiment drivers: the same continued training from checkpoints of different ages (notebook
+03), and from reactivated variants of one checkpoint against the unmodified one (notebook 04)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from .checkpoints import load_checkpoint
+from .continual import TrainConfig, continue_training
+from .entropy import coefficient_means, knowledge_entropy
+from .evaluation import evaluator
+from .outcomes import outcome, retention
+from .reactivation import reactivate
+from .setups import KnowledgeSetup
+from .stream import StreamConfig, build_stream
+
+
+def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
+                       train_config: TrainConfig, eval_every: int = 0, progress: bool = False) -> pd.DataFrame:
+    """Continued training of ``model`` (in place) on the stream of ``setup``; the evaluation log
+    (step 0 = before, after every ``eval_every``-th injection round if > 0, and at the end)."""
+    stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
+    rounds = [r * stream_config.interval for r in range(eval_every, stream_config.rounds, eval_every)] if eval_every else []
+    full = evaluator(tokenizer, setup)
+
+    def evaluate(m, step: int) -> dict:  # retention and LM loss only before and at the end
+        return full(m, step, with_retention=step in (0, len(stream.batches)))
+
+    return continue_training(model, stream, train_config, evaluate, rounds, progress)
+
+
+def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
+              eval_every: int = 0, device: str = "cpu", progress: bool = False) -> pd.DataFrame:
+    """Continued training of one checkpoint; the evaluation log (step 0 = before)."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
+    model = load_checkpoint(checkpoint, device=device)
+    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_every, progress)
+    return log.assign(checkpoint=checkpoint.step)
+
+
+def stage_experiment(checkpoints, setup: KnowledgeSetup, stream_config: StreamConfig = StreamConfig(),
+                     train_config: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,), eval_every: int = 0,
+                     device: str = "cpu", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same continued training from every checkpoint, for each seed (the seed sets the data
+    order and the training randomness; every checkpoint sees the same order for a seed),
+    evaluated before, after every ``eval_every``-th injection round (0: never) and at the end.
+    Returns ``(results, logs)``: one row per (checkpoint, seed) with :func:`outcome`, and the logs."""
+    results, logs = [], []
+    runs = [(c, s) for s in seeds for c in checkpoints]
+    for ckpt, seed in tqdm(runs, desc="stages x seeds", disable=not progress):
+        log = run_stage(ckpt, setup, dataclasses.replace(stream_config, seed=seed),
+                        dataclasses.replace(train_config, seed=seed), eval_every, device)
+        logs.append(log.assign(seed=seed))
+        results.append({"step": ckpt.step, "seed": seed, **outcome(log)})
+    return pd.DataFrame(results), pd.concat(logs, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model to train further: ``select`` neurons, fraction ``ratio`` (p), ``factor`` (q).
+    ``ratio = 0`` is the unmodified baseline."""
+
+    name: str
+    ratio: float = 0.0
+    factor: float = 1.0
+    select: str = "least"
+
+
+def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),)) -> list[Variant]:
+    """The baseline, the study's method on every (p, q), and for each (p, q) in ``controls`` the
+    random-neuron and most-used-neuron controls with the same factors."""
+    variants = [Variant("baseline")]
+    variants += [Variant(f"least p={p:g} q={q:g}", p, q) for p in ratios for q in factors]
+    for p, q in controls:
+        variants += [Variant(f"{s} p={p:g} q={q:g}", p, q, s) for s in ("random", "most")]
+    return variants
+
+
+def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], batches: list[dict], stream_config=None,
+                            train_config=None, seeds=(0,), progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reactivate a copy of ``model`` as each variant (coefficient means measured on ``batches``,
+    e.g. :func:`~ke_utils.batching.text_batches`), measure its KE on the same batches, and continue
+    training it on ``setup``'s stream (same data order for every variant of a seed). ``model`` is
+    left unchanged. Acquisition and retention are relative to the *unmodified* model, so a
+    modification that hurts before training is not counted as acquisition.
+    Returns ``(results, logs)``: one row per (variant, seed), and the evaluation logs."""
+    stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
+    means = coefficient_means(model, batches)
+    reference = pd.Series(evaluator(tokenizer, setup)(model, 0))
+    results, logs = [], []
+    for seed, variant in tqdm([(s, v) for s in seeds for v in variants], desc="variants x seeds", disable=not progress):
+        modified, report = reactivate(model, means, variant.ratio, variant.factor, variant.select, seed=seed)
+        ke = knowledge_entropy(coefficient_means(modified, batches))
+        log = train_and_evaluate(modified, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
+                                 dataclasses.replace(train_config, seed=seed))
+        start = log.iloc[0]
+        results.append({"variant": variant.name, "select": variant.select, "ratio": variant.ratio,
+                        "factor": variant.factor, "seed": seed, "exact": report.exact, "ke": ke.total,
+                        "normalized": ke.normalized,
+                        "retention_at_start": retention(reference["retention_score"], start["retention_score"]),
+                        "heldout_loss_at_start": start["heldout_loss"] - reference["heldout_loss"],
+                        **outcome(log, before=reference)})
+        logs.append(log.assign(variant=variant.name, seed=seed))
+        del modified
+    return pd.DataFrame(results), pd.concat(logs, ignore_index=True)

