@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
@@ -22,7 +21,7 @@ from transformers import AutoTokenizer
 
 from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
 from .cache import cache_dir, config_key
-from .checkpoints import Checkpoint, duplicate_groups, load_checkpoint, weights_fingerprint
+from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, iter_models
 from .entropy import ORIGINAL_LOG_EPS, coefficient_means, knowledge_entropy
 from .related import RelatedMeasures
 
@@ -77,8 +76,9 @@ def sweep(
     """Knowledge entropy of each checkpoint on the same ``texts``; one row per checkpoint.
 
     Columns: ``name, step, tokens, ke, normalized, per_layer`` (array ``[n_layers]``),
-    ``effective_sources``, ``means`` (tensor ``[n_layers, d_ff]``, for reactivation), ``fingerprint``,
-    ``duplicate_of``, and with ``related=True`` also ``attention_entropy`` and
+    ``effective_sources``, ``means`` (tensor ``[n_layers, d_ff]``, for reactivation), ``fingerprint``
+    (:func:`~ke_utils.checkpoints.checkpoint_fingerprint`), ``duplicate_of`` (the earlier checkpoint
+    with identical weight files, whose result it shares: it is neither loaded nor measured), and with ``related=True`` also ``attention_entropy`` and
     ``next_token_entropy``. The tokenizer is the first checkpoint's unless given (checkpoints of
     one family share it). Results are cached in ``folder`` (default: keyed by all inputs).
     """
@@ -98,39 +98,31 @@ def sweep(
         docs, pad_token_id(tokenizer), max_batch_tokens,
         pad_to=max_tokens_per_doc if weighting == "original" else None,
     )
+    fingerprints = {c.name: checkpoint_fingerprint(c) for c in checkpoints}
+    duplicate_of = {}
+    for group in duplicate_groups(fingerprints):
+        warnings.warn(f"checkpoints {group} have identical weight files (known hub duplicates?); "
+                      f"measuring {group[0]!r} once")
+        duplicate_of.update({name: group[0] for name in group[1:]})
+    entries = {c.name: folder / f"{c.name.replace('/', '_')}.safetensors" for c in checkpoints}
+    results = {c.name: _load_entry(entries[c.name]) for c in checkpoints if c.name not in duplicate_of}
+    missing = [c for c in checkpoints if c.name in results and results[c.name] is None]
+    load_options = {"dtype": dtype, "device": device, **({"attn_implementation": "eager"} if related else {})}
+    for ckpt, model in tqdm(iter_models(missing, **load_options), total=len(missing), desc="checkpoints",
+                            unit="ckpt", disable=not progress):
+        extra = RelatedMeasures(model, weighting) if related else None
+        means = coefficient_means(model, batches, weighting, on_batch=extra)
+        info = extra.result() if extra else {}
+        _save_entry(entries[ckpt.name], means, info)
+        results[ckpt.name] = means, info
     rows = []
-    for ckpt in tqdm(checkpoints, desc="checkpoints", unit="ckpt", disable=not progress):
-        entry = folder / f"{ckpt.name.replace('/', '_')}.safetensors"
-        cached = _load_entry(entry)
-        if cached is None:
-            model = load_checkpoint(ckpt, dtype=dtype, device=device,
-                                    **({"attn_implementation": "eager"} if related else {}))
-            extra = RelatedMeasures(model) if related else None
-            means = coefficient_means(model, batches, weighting, on_batch=extra)
-            info = {"fingerprint": weights_fingerprint(model), **(extra.result() if extra else {})}
-            del model
-            _save_entry(entry, means, info)
-        else:
-            means, info = cached
+    for ckpt in checkpoints:
+        means, info = results[duplicate_of.get(ckpt.name, ckpt.name)]
         ke = knowledge_entropy(means, log_eps=ORIGINAL_LOG_EPS if weighting == "original" else 0.0)
         rows.append({
             "name": ckpt.name, "step": ckpt.step, "tokens": ckpt.tokens, "ke": ke.total,
             "normalized": ke.normalized, "per_layer": ke.per_layer.numpy(),
             "effective_sources": ke.effective_sources.numpy(), "means": means, **info,
+            "fingerprint": fingerprints[ckpt.name], "duplicate_of": duplicate_of.get(ckpt.name),
         })
-    frame = pd.DataFrame(rows)
-    frame["duplicate_of"] = None
-    for group in duplicate_groups(dict(zip(frame["name"], frame["fingerprint"]))):
-        warnings.warn(f"checkpoints {group} have identical weights (known hub duplicates?)")
-        frame.loc[frame["name"].isin(group[1:]), "duplicate_of"] = group[0]
-    return frame
-
-
-def layer_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Long format: one row per (checkpoint, layer) with entropy and its normalised value."""
-    d_ff = frame["means"].iloc[0].shape[1]
-    rows = [
-        {"step": r.step, "layer": l, "entropy": float(h), "normalized": float(h) / np.log(d_ff)}
-        for r in frame.itertuples() for l, h in enumerate(r.per_layer)
-    ]
     return pd.DataFrame(rows)

@@ -8,7 +8,8 @@ other branches) is not a checkpoint. Checkpoints sort by (stage, step): no stage
 stage-2 ingredient, so ``step`` alone is not a global order when several stages are present).
 
 Some hub branches hold identical weights (e.g. Pythia's ``main`` is its last ``step``); use
-:func:`weights_fingerprint` and :func:`duplicate_groups` to detect them.
+:func:`checkpoint_fingerprint` (file hashes, nothing downloaded) and :func:`duplicate_groups` to
+detect them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import huggingface_hub
 import torch
 import transformers
 from huggingface_hub.errors import RevisionNotFoundError
+from huggingface_hub.hf_api import RepoFile
 
 __all__ = [
     "Checkpoint",
@@ -34,7 +36,7 @@ __all__ = [
     "select",
     "load_checkpoint",
     "iter_models",
-    "weights_fingerprint",
+    "checkpoint_fingerprint",
     "duplicate_groups",
 ]
 
@@ -45,14 +47,6 @@ _NAME = re.compile(
 )
 _UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 _STAGE = re.compile(r"stage(\d+)(?:-ingredient(\d+))?")
-
-# Weight of the MLP output projection (whose input is the coefficient c), by parameter name:
-# Llama/OLMo/OLMo2/Mistral/Qwen2/Gemma down_proj, GPT-NeoX dense_4h_to_h, GPT-2 c_proj,
-# Phi/OPT fc2, BERT/RoBERTa layer output.dense (not attention.output.dense).
-_OUTPUT_PROJECTION = re.compile(
-    r"(?:^|\.)(?:mlp\.down_proj|mlp\.dense_4h_to_h|mlp\.c_proj|fc2|(?<!attention\.)output\.dense)\.weight$"
-)
-
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -334,22 +328,32 @@ def iter_models(checkpoints: Iterable[Checkpoint], **load_kwargs) -> Iterator[tu
                 torch.cuda.empty_cache()
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha1 of one mid-sized weight as float32 bytes: the first MLP output projection (``down_proj``
-    and its equivalents), else the first parameter with at least 2 dimensions."""
-    chosen = None
-    fallback = None
-    for name, param in model.named_parameters():
-        if fallback is None and param.dim() >= 2:
-            fallback = param
-        if _OUTPUT_PROJECTION.search(name):
-            chosen = param
-            break
-    chosen = chosen if chosen is not None else fallback
-    if chosen is None:
-        raise ValueError("model has no parameter with at least 2 dimensions to fingerprint")
-    data = chosen.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    return hashlib.sha1(data.numpy().tobytes()).hexdigest()
+WEIGHT_FILES = (".safetensors", ".bin")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(ckpt: Checkpoint, token: str | bool | None = None) -> str:
+    """sha256 over the names and sha256 hashes of a checkpoint's weight files (``*.safetensors``,
+    ``*.bin``), without loading the model: a hub checkpoint asks the hub for the hashes it keeps
+    (Git LFS), a local folder hashes its files. Equal fingerprints mean identical weight files.
+    Raises FileNotFoundError when the checkpoint has no weight file."""
+    if ckpt.revision is None:
+        files = {p.name: _file_sha256(p) for p in sorted(Path(ckpt.path).iterdir()) if p.name.endswith(WEIGHT_FILES)}
+    else:
+        tree = huggingface_hub.HfApi().list_repo_tree(ckpt.path, revision=ckpt.revision, recursive=True, token=token)
+        # LFS files carry the sha256 of their content in the plain listing; small files their git id.
+        files = {f.path: (f.lfs.sha256 if f.lfs else f.blob_id) for f in tree
+                 if isinstance(f, RepoFile) and f.path.endswith(WEIGHT_FILES)}
+    if not files:
+        raise FileNotFoundError(f"checkpoint {ckpt.name!r} of {ckpt.path} has no weight files {WEIGHT_FILES}")
+    return hashlib.sha256("\n".join(f"{name} {digest}" for name, digest in sorted(files.items())).encode()).hexdigest()
 
 
 def duplicate_groups(fingerprints: dict[str, str]) -> list[list[str]]:

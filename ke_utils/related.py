@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -17,16 +17,20 @@ from .entropy import _forward_kwargs
 
 @dataclass
 class RelatedMeasures:
-    """Running sums of both measures; call the instance on each batch (it runs the model)."""
+    """Running sums of both measures; call the instance on each batch (it runs the model).
+
+    ``weighting`` must be the one :func:`~ke_utils.entropy.coefficient_means` uses in the same pass,
+    so that the pass it runs for both is the one that weighting defines (``"original"``: without
+    the attention mask). Both measures average over real tokens whatever the weighting."""
 
     model: torch.nn.Module
+    weighting: str = "token"  # the forward pass of coefficient_means with this weighting
     attention_sums: torch.Tensor | None = None  # [n_layers], sum over real queries of head-mean entropy
     next_token_sum: float = 0.0
     tokens: float = 0.0
-    _layers: int = field(default=0, repr=False)
 
     def __call__(self, batch: dict) -> None:
-        out = self.model(**_forward_kwargs(self.model, batch, "token"), output_attentions=True)
+        out = self.model(**_forward_kwargs(self.model, batch, self.weighting), output_attentions=True)
         real = batch["attention_mask"].bool()
         logp = out.logits.float().log_softmax(-1)
         self.next_token_sum += float(-(logp.exp() * logp).sum(-1)[real].sum())

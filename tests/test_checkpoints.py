@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import weakref
 from types import SimpleNamespace
@@ -11,10 +12,12 @@ import pytest
 import torch
 import transformers as tf
 from huggingface_hub.errors import RevisionNotFoundError
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import httpx
 
 from ke_utils.checkpoints import (
     Checkpoint,
+    checkpoint_fingerprint,
     duplicate_groups,
     hub_checkpoints,
     iter_models,
@@ -22,7 +25,6 @@ from ke_utils.checkpoints import (
     local_checkpoints,
     parse_checkpoint_name,
     select,
-    weights_fingerprint,
 )
 
 STEPS = (0, 10, 200)
@@ -279,20 +281,37 @@ def test_iter_models_one_at_a_time(family):
     assert rest == [200] and next(kept.parameters()).is_meta
 
 
-def test_fingerprints(family):
+def test_fingerprints_from_file_hashes(family, tmp_path, monkeypatch):
     root, _ = family
-    ckpts = {c.step: c for c in local_checkpoints(root)}
-    prints = {}
-    for step, ckpt in ckpts.items():
-        prints[ckpt.name] = weights_fingerprint(load_checkpoint(ckpt))
-    assert prints["step200"] == prints["step300"]
+    ckpts = {c.name: c for c in local_checkpoints(root)}
+    prints = {name: checkpoint_fingerprint(c) for name, c in ckpts.items()}
+    assert prints["step200"] == prints["step300"]  # saved twice from the same weights
     assert len({prints["step0"], prints["step10"], prints["step200"]}) == 3
     assert duplicate_groups(prints) == [["step200", "step300"]]
     assert duplicate_groups({"a": "1", "b": "2"}) == []
     assert duplicate_groups({"a": "1", "b": "2", "c": "1", "d": "2", "e": "3"}) == [["a", "c"], ["b", "d"]]
-    # The fingerprint reads the MLP output projection, as float32.
-    model = tiny_llama(0)
-    before = weights_fingerprint(model)
+    # one changed weight changes it
+    model = tiny_llama(len(STEPS) - 1)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[0, 0] += 1
-    assert weights_fingerprint(model) != before
+    model.save_pretrained(tmp_path / "step400")
+    assert checkpoint_fingerprint(local_checkpoints(tmp_path)[0]) != prints["step200"]
+    with pytest.raises(FileNotFoundError, match="no weight files"):
+        checkpoint_fingerprint(Checkpoint(1, str(root / "tokenizer"), None, None, None, "tokenizer"))
+
+    # On the hub: the LFS sha256 of each file, from the listing; nothing is downloaded.
+    def listing(repo_id, revision=None, **kwargs):
+        folder = root / revision
+        files = [RepoFile(path=p.name, size=p.stat().st_size, oid="git-" + p.name,
+                          lfs={"size": p.stat().st_size, "oid": hashlib.sha256(p.read_bytes()).hexdigest(),
+                               "pointerSize": 130}) for p in folder.iterdir() if p.suffix == ".safetensors"]
+        return files + [RepoFile(path="config.json", size=10, oid="git-config-" + revision)]
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a fingerprint must not download weights")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", lambda self, *a, **k: listing(*a, **k))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    hub = {n: checkpoint_fingerprint(Checkpoint(1, "someone/tiny", n, None, None, n)) for n in ckpts}
+    assert hub == prints  # the hub's LFS hashes are the sha256 of the same bytes

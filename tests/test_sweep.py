@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 import torch
+from huggingface_hub.hf_api import RepoFile
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import ke_utils
+from ke_utils import coefficient_means
 from ke_utils import checkpoint_sweep as sweep_module
+from ke_utils.batching import length_bucketed_batches, tokenize_documents
 from ke_utils.checkpoints import hub_checkpoints, load_checkpoint, local_checkpoints
 from ke_utils.checkpoint_sweep import sweep
 
@@ -30,7 +36,7 @@ def family(tmp_path_factory, tiny_tokenizer):
 
 
 def test_sweep_equals_per_checkpoint_knowledge_entropy(family, tiny_tokenizer, tmp_path):
-    with pytest.warns(UserWarning, match="identical weights"):
+    with pytest.warns(UserWarning, match="identical weight files"):
         frame = sweep(family, TEXTS, folder=tmp_path, progress=False)
     assert list(frame["step"]) == [0, 10, 20, 30]
     for ckpt, row in zip(family, frame.itertuples()):
@@ -42,13 +48,21 @@ def test_sweep_equals_per_checkpoint_knowledge_entropy(family, tiny_tokenizer, t
     assert frame["duplicate_of"].isna().sum() == 3
 
 
-def test_related_measures_in_the_same_pass(family, tmp_path):
-    with pytest.warns(UserWarning, match="identical weights"):
-        plain = sweep(family, TEXTS, folder=tmp_path / "plain", progress=False)
-        related = sweep(family, TEXTS, folder=tmp_path / "related", progress=False, related=True)
-    # eager attention and the LM head change KE only by float rounding
-    assert list(related["ke"]) == pytest.approx(list(plain["ke"]), rel=1e-6)
-    n_layers, d_ff = 2, 64
+@pytest.mark.parametrize("weighting", ["token", "document", "original"])
+def test_related_measures_do_not_change_knowledge_entropy(family, tiny_tokenizer, tmp_path, weighting):
+    with pytest.warns(UserWarning, match="identical weight"):
+        plain = sweep(family, TEXTS, folder=tmp_path / "plain", progress=False, weighting=weighting)
+        related = sweep(family, TEXTS, folder=tmp_path / "related", progress=False, related=True, weighting=weighting)
+    # The related pass runs the same forward as coefficient_means with this weighting: exactly the
+    # means of that weighting on the same (eager-attention) model ...
+    docs = list(tokenize_documents(tiny_tokenizer, TEXTS, 512))
+    batches = length_bucketed_batches(docs, tiny_tokenizer.pad_token_id, 8192,
+                                      pad_to=512 if weighting == "original" else None)
+    for ckpt, row in zip(family, related.itertuples()):
+        direct = coefficient_means(load_checkpoint(ckpt, attn_implementation="eager"), batches, weighting)
+        torch.testing.assert_close(row.means, direct, rtol=0, atol=0)
+    # ... and the plain sweep's KE up to the rounding of eager vs fused attention.
+    assert list(related["ke"]) == pytest.approx(list(plain["ke"]), rel=1e-7, abs=0)
     assert (related["attention_entropy"] > 0).all() and (related["next_token_entropy"] > 0).all()
     # a random tiny model predicts almost uniformly over its vocabulary
     assert related["next_token_entropy"].iloc[0] > 0.9 * torch.log(torch.tensor(320.0)).item()
@@ -66,10 +80,11 @@ def test_resume_recomputes_nothing_cached(family, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "coefficient_means", counting)
     with pytest.raises(KeyboardInterrupt):
         sweep(family, TEXTS, folder=tmp_path, progress=False)
+    # step20 has step10's weight files: it is never measured, so the third one is step30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step0.safetensors", "step10.safetensors"]  # no partial file
     calls.clear(), fail_at.clear(), fail_at.append(0)
     frame = sweep(family, TEXTS, folder=tmp_path, progress=False)
-    assert len(calls) == 2 and len(frame) == 4  # only step20 and step30 were computed
+    assert len(calls) == 1 and len(frame) == 4  # only step30 was computed
     calls.clear()
     sweep(family, TEXTS, folder=tmp_path, progress=False)
     assert calls == []
@@ -97,6 +112,13 @@ def test_hub_family_through_a_local_stand_in(family, monkeypatch, tmp_path):
     branches = [types.SimpleNamespace(name=n) for n in ["main", "step30-tokens1B", "step0-tokens0B", "step10-tokens1B"]]
     monkeypatch.setattr(huggingface_hub, "list_repo_refs", lambda repo_id, **k: types.SimpleNamespace(branches=branches))
     folders = {c.step: c.path for c in family}
+
+    def listing(self, repo_id, revision=None, **kwargs):
+        folder = Path(folders[int(revision.split("-")[0][4:])])
+        return [RepoFile(path=p.name, size=1, oid="x", lfs={"size": 1, "oid": hashlib.sha256(p.read_bytes()).hexdigest(),
+                                                             "pointerSize": 1}) for p in folder.glob("*.safetensors")]
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", listing)
     hub = hub_checkpoints("someone/tiny")
     assert [(c.step, c.revision) for c in hub] == [(0, "step0-tokens0B"), (10, "step10-tokens1B"), (30, "step30-tokens1B")]
 
