@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, get_constant_schedule_with_warmup,
+                          get_cosine_with_min_lr_schedule_with_warmup)
 from transformers.utils import logging
 
 from .cache import atomic_write_text, cache_dir, config_key
@@ -28,8 +28,9 @@ from .training import optimizer, pack, train_step
 from .world import WorldConfig, generate_world, pretraining_corpus
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
-# Bump when the world generator or the training code changes what a configuration produces.
-BUILD_VERSION = 1
+# Bump when the world generator or the training code changes what a configuration produces
+# (2: transformers' schedules, optimizer state and learning rate kept with each checkpoint).
+BUILD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ FAMILIES: dict[str, FamilyConfig] = {
     "overtrained": FamilyConfig(),
     # Capacity-bound: many facts for the parameters, mild decay, cosine LR -> KE rises while storing.
     "capacity": FamilyConfig(world=WorldConfig(n_people=300), weight_decay=0.1, schedule="cosine"),
+    # The over-trained family with the shape of OLMo's schedule (warmup, cosine to 0.1 x over the
+    # whole run): its checkpoints sit at different learning rates, as the study's did.
+    "decayed": FamilyConfig(schedule="cosine"),
 }
 
 
@@ -121,19 +125,24 @@ def make_model(config: FamilyConfig, tokenizer):
     )
 
 
-def _lr_lambda(config: FamilyConfig):
-    def factor(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        if config.schedule == "constant":
-            return 1.0
-        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+def scheduler(opt: torch.optim.Optimizer, config: FamilyConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The family's schedule (transformers' implementations): linear warmup over ``warmup`` steps,
+    then constant, or cosine to ``0.1 x lr`` at ``steps`` (the shape of OLMo's schedule)."""
+    if config.schedule == "constant":
+        return get_constant_schedule_with_warmup(opt, config.warmup)
+    return get_cosine_with_min_lr_schedule_with_warmup(opt, config.warmup, config.steps, min_lr_rate=0.1)
 
 
-def _save(model, tokenizer, folder: Path) -> None:
+def pretraining_lr(config: FamilyConfig, step: int) -> float:
+    """The learning rate the schedule gives after ``step`` updates (the one update ``step + 1`` uses)."""
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    return config.lr * scheduler(probe, config).lr_lambdas[0](step)
+
+
+def _save(model, tokenizer, folder: Path, opt, sched, gen: torch.Generator, step: int) -> None:
+    """Weights and tokenizer in the Hugging Face layout, plus what resuming needs, named as
+    transformers' Trainer names it: ``optimizer.pt`` (AdamW state), ``scheduler.pt``,
+    ``rng_state.pth`` (the data-order generator) and ``trainer_state.json`` (step, learning rate)."""
     bars = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # one "Writing model shards" bar per 5 MB checkpoint is noise
     try:
@@ -142,6 +151,53 @@ def _save(model, tokenizer, folder: Path) -> None:
     finally:
         if bars:
             logging.enable_progress_bar()
+    torch.save(opt.state_dict(), folder / "optimizer.pt")
+    torch.save(sched.state_dict(), folder / "scheduler.pt")
+    torch.save({"data_order": gen.get_state()}, folder / "rng_state.pth")
+    atomic_write_text(folder / "trainer_state.json",
+                      json.dumps({"global_step": step, "learning_rate": sched.get_last_lr()[0]}))
+
+
+def checkpoint_state(checkpoint: Checkpoint) -> dict:
+    """A built-in checkpoint's ``trainer_state.json``: ``global_step`` and ``learning_rate`` (the
+    pretraining LR at that step, see :func:`pretraining_lr`)."""
+    path = Path(checkpoint.path) / "trainer_state.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{checkpoint.name} has no trainer_state.json: not a built-in checkpoint "
+                                "(or one built before version 2)")
+    return json.loads(path.read_text())
+
+
+def load_training_state(checkpoint: Checkpoint, opt, sched=None, gen: torch.Generator | None = None) -> None:
+    """Load a built-in checkpoint's AdamW state into ``opt`` (built for the same model with
+    :func:`~ke_utils.training.optimizer`), and optionally its scheduler and data-order generator
+    (files read with ``weights_only=True``)."""
+    folder = Path(checkpoint.path)
+    if not (folder / "optimizer.pt").exists():
+        raise FileNotFoundError(f"{checkpoint.name} has no optimizer.pt: its optimizer state was not kept")
+    opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    if sched is not None:
+        sched.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    if gen is not None:
+        gen.set_state(torch.load(folder / "rng_state.pth", weights_only=True)["data_order"])
+
+
+def _pretrain(model, tokenizer, data: torch.Tensor, config: FamilyConfig, opt, sched, gen: torch.Generator,
+              steps: range, folder: Path, progress: bool) -> dict:
+    """Updates ``steps`` (1-based) with batches drawn by ``gen``; saves the checkpoints among them.
+    Returns the log: step, loss and the learning rate each update used."""
+    log = {"step": [], "loss": [], "lr": []}
+    model.train()
+    bar = tqdm(steps, desc="pretraining", disable=not progress)
+    for step in bar:
+        batch = data[torch.randint(len(data), (config.batch_size,), generator=gen)]
+        lr = sched.get_last_lr()[0]
+        loss = train_step(model, batch, opt, sched)
+        log["step"].append(step), log["loss"].append(loss), log["lr"].append(lr)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if step in config.checkpoint_steps:
+            _save(model, tokenizer, folder / f"step{step}", opt, sched, gen, step)
+    return log
 
 
 def build_family(config: FamilyConfig, root: Path | None = None, progress: bool = True) -> Path:
@@ -158,20 +214,11 @@ def build_family(config: FamilyConfig, root: Path | None = None, progress: bool 
     data = pack(tokenizer, corpus["train"], config.seq_len)
     model = make_model(config, tokenizer)
     opt = optimizer(model, config.lr, config.weight_decay, config.betas)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
+    sched = scheduler(opt, config)
     gen = torch.Generator().manual_seed(config.seed)
-    log = {"step": [], "loss": [], "lr": []}
     if 0 in config.checkpoint_steps:
-        _save(model, tokenizer, tmp / "step0")
-    model.train()
-    bar = tqdm(range(1, config.steps + 1), desc="pretraining", disable=not progress)
-    for step in bar:
-        batch = data[torch.randint(len(data), (config.batch_size,), generator=gen)]
-        loss = train_step(model, batch, opt, sched)
-        log["step"].append(step), log["loss"].append(loss), log["lr"].append(sched.get_last_lr()[0])
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        if step in config.checkpoint_steps:
-            _save(model, tokenizer, tmp / f"step{step}")
+        _save(model, tokenizer, tmp / "step0", opt, sched, gen, 0)
+    log = _pretrain(model, tokenizer, data, config, opt, sched, gen, range(1, config.steps + 1), tmp, progress)
     info = {
         "config": dataclasses.asdict(config),
         "key": config.key(),
@@ -184,6 +231,26 @@ def build_family(config: FamilyConfig, root: Path | None = None, progress: bool 
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
+
+
+def resume_pretraining(checkpoint: Checkpoint, config: FamilyConfig, until: int, folder: Path,
+                       root: Path | None = None, progress: bool = False) -> Path:
+    """Continue the family's pretraining from a built-in ``checkpoint`` (its weights, AdamW state,
+    schedule and data order) up to step ``until``, saving the family's checkpoints on the way
+    into ``folder``; the same updates as the uninterrupted run. Returns ``folder``."""
+    step = checkpoint_state(checkpoint)["global_step"]
+    if not step < until <= config.steps:
+        raise ValueError(f"until must be in ({step}, {config.steps}], got {until}")
+    texts = builtin_texts("train", None, config, root)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint.path)
+    model = LlamaForCausalLM.from_pretrained(checkpoint.path, use_safetensors=True)
+    opt = optimizer(model, config.lr, config.weight_decay, config.betas)
+    sched = scheduler(opt, config)
+    gen = torch.Generator()
+    load_training_state(checkpoint, opt, sched, gen)
+    _pretrain(model, tokenizer, pack(tokenizer, texts, config.seq_len), config, opt, sched, gen,
+              range(step + 1, until + 1), Path(folder), progress)
+    return Path(folder)
 
 
 def _is_built(folder: Path) -> bool:

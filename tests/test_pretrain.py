@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ke_utils import pretrain
 from helpers import MINI
 from ke_utils.pretrain import FamilyConfig, builtin_family, builtin_texts, family_dir
+from ke_utils.training import optimizer
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +82,44 @@ def test_bad_arguments():
         FamilyConfig(steps=10, checkpoint_steps=(0, 20))
     with pytest.raises(ValueError, match="split"):
         builtin_texts("validation", 3, MINI)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_each_checkpoint_records_the_schedules_learning_rate(tmp_path, schedule):
+    config = dataclasses.replace(MINI, schedule=schedule, warmup=2, steps=6, checkpoint_steps=(0, 1, 3, 6))
+    ckpts = builtin_family(config, root=tmp_path, progress=False)
+
+    def by_hand(step: int) -> float:  # warmup from 0, then constant, or cosine to 0.1 x lr at step 6
+        if step < 2:
+            return config.lr * step / 2
+        return config.lr if schedule == "constant" else config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - 2) / 4)))
+
+    for ckpt in ckpts:
+        recorded = pretrain.checkpoint_state(ckpt)
+        assert recorded["global_step"] == ckpt.step
+        assert recorded["learning_rate"] == pytest.approx(by_hand(ckpt.step), rel=1e-12, abs=1e-15)
+        assert pretrain.pretraining_lr(config, ckpt.step) == pytest.approx(by_hand(ckpt.step), rel=1e-12, abs=1e-15)
+    log = pretrain.family_info(config, tmp_path)["log"]
+    assert log["lr"] == pytest.approx([by_hand(s - 1) for s in log["step"]], rel=1e-12)  # update s uses lr(s - 1)
+    if schedule == "cosine":
+        assert pretrain.checkpoint_state(ckpts[-1])["learning_rate"] == pytest.approx(0.1 * config.lr)
+
+
+def test_resumed_pretraining_continues_bit_identically(mini_root, tmp_path):
+    ckpts = builtin_family(MINI, root=mini_root)
+    middle, last = ckpts[1], ckpts[2]  # steps 3 and 6
+    pretrain.resume_pretraining(middle, MINI, until=6, folder=tmp_path, root=mini_root)
+    resumed = load_file(str(tmp_path / "step6" / "model.safetensors"))
+    straight = load_file(str(Path(last.path) / "model.safetensors"))
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+    a = torch.load(tmp_path / "step6" / "optimizer.pt", weights_only=True)["state"]
+    b = torch.load(Path(last.path) / "optimizer.pt", weights_only=True)["state"]
+    assert all(torch.equal(a[i][k], b[i][k]) for i in b for k in b[i])
+    model = AutoModelForCausalLM.from_pretrained(middle.path)
+    opt = optimizer(model, MINI.lr, MINI.weight_decay, MINI.betas)
+    with pytest.raises(ValueError, match="until"):
+        pretrain.resume_pretraining(middle, MINI, until=3, folder=tmp_path, root=mini_root)
+    pretrain.load_training_state(middle, opt)  # the moments of step 3, not fresh zeros
+    saved = torch.load(Path(middle.path) / "optimizer.pt", weights_only=True)["state"]
+    assert all(torch.equal(opt.state_dict()["state"][i]["exp_avg"], saved[i]["exp_avg"]) for i in saved)
+    assert opt.state_dict()["state"][0]["exp_avg"].abs().sum() > 0
