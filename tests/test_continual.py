@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ke_utils.continual import TrainConfig, continue_training
-from ke_utils.outcomes import acquisition, forgetting, retention
-from ke_utils.pretrain import EOS, FamilyConfig, make_model, train_tokenizer
+from helpers import MINI
+from ke_utils import pretrain
+from ke_utils.continual import TrainConfig, continue_training, optimizer_and_schedule
+from ke_utils.outcomes import acquisition, forgetting, outcome, retention
+from ke_utils.pretrain import EOS, FamilyConfig, builtin_family, make_model, train_tokenizer
 from ke_utils.stream import StreamConfig, build_stream, injection_schedule, wording
 
 BACKGROUND = [f"The market of Town{i % 7} opens at dawn and closes at dusk, said the keeper {i}." for i in range(200)]
@@ -92,3 +97,74 @@ def test_acquisition_and_forgetting_formulas():
     assert forgetting(0.8, 0.6) == pytest.approx(0.25)
     assert retention(0.8, 0.6) == pytest.approx(0.75)
     assert math.isnan(retention(0.0, 0.3)) and math.isnan(forgetting(0.0, 0.3))
+
+
+@pytest.fixture(scope="module")
+def cosine_family(tmp_path_factory):
+    """A miniature family pretrained with a cosine schedule: each checkpoint at its own LR."""
+    config = dataclasses.replace(MINI, schedule="cosine")
+    return config, builtin_family(config, root=tmp_path_factory.mktemp("families"), progress=False)
+
+
+def _lrs(sched, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(sched.get_last_lr()[0])
+        sched.optimizer.step(), sched.step()
+    return out
+
+
+def test_protocols_set_the_learning_rate_and_optimizer_state_they_claim(cosine_family):
+    config, ckpts = cosine_family
+    middle = ckpts[1]  # step 3 of 6: warmup 2, then cosine from lr to 0.1 lr
+    own = config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * 1 / 4)))  # by hand
+    train = TrainConfig(lr=1e-3, warmup=2, min_lr_ratio=0.1, weight_decay=0.1)
+    saved = torch.load(Path(middle.path) / "optimizer.pt", weights_only=True)
+
+    model = AutoModelForCausalLM.from_pretrained(middle.path)
+    opt, sched = optimizer_and_schedule(model, train, 10)
+    assert opt.state_dict()["state"] == {} and {g["weight_decay"] for g in opt.param_groups} == {0.1, 0.0}
+    lrs = _lrs(sched, 10)
+    assert lrs[:3] == pytest.approx([0, 5e-4, 1e-3]) and lrs[-1] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+    model = AutoModelForCausalLM.from_pretrained(middle.path)
+    opt, sched = optimizer_and_schedule(model, dataclasses.replace(train, protocol="matched"), 10, middle)
+    assert opt.state_dict()["state"] == {}  # fresh
+    assert max(_lrs(sched, 10)) == pytest.approx(own, rel=1e-12)
+
+    model = AutoModelForCausalLM.from_pretrained(middle.path)
+    opt, sched = optimizer_and_schedule(model, dataclasses.replace(train, protocol="resumed"), 10, middle)
+    state = opt.state_dict()["state"]
+    assert all(torch.equal(state[i][k], saved["state"][i][k]) for i in saved["state"] for k in ("exp_avg", "exp_avg_sq"))
+    assert {g["weight_decay"] for g in opt.param_groups} == {config.weight_decay, 0.0}  # its own, not 0.1
+    assert _lrs(sched, 10) == pytest.approx([own] * 10, rel=1e-12)
+
+    with pytest.raises(ValueError, match="needs the checkpoint"):
+        optimizer_and_schedule(model, dataclasses.replace(train, protocol="matched"), 10)
+    with pytest.raises(ValueError, match="learning rate 0"):
+        optimizer_and_schedule(model, dataclasses.replace(train, protocol="matched"), 10, ckpts[0])
+    with pytest.raises(ValueError, match="protocol"):
+        TrainConfig(protocol="warm")
+
+
+def test_resumed_training_logs_the_checkpoints_own_learning_rate(cosine_family, tokenizer):
+    config, ckpts = cosine_family
+    stream_tok = AutoTokenizer.from_pretrained(ckpts[1].path)
+    stream = build_stream(stream_tok, BACKGROUND, [_record(0)], [_record(1)],
+                          StreamConfig(rounds=2, interval=2, batch_size=2, seq_len=32, max_injected_rows=1))
+    model = AutoModelForCausalLM.from_pretrained(ckpts[1].path)
+    log = continue_training(model, stream, TrainConfig(protocol="resumed"), evaluate=lambda m, s: {}, progress=False,
+                            checkpoint=ckpts[1])
+    assert log["lr"].iloc[-1] == pytest.approx(pretrain.pretraining_lr(config, 3), rel=1e-12)
+
+
+def test_gain_beyond_control():
+    log = pd.DataFrame({"logprob_paraphrase_mem": [-6.0, -2.0], "exact_paraphrase_mem": [0.0, 0.5],
+                        "logprob_control_mem": [-6.5, -5.0], "exact_control_mem": [0.0, 0.1],
+                        "retention_score": [0.8, 0.6], "heldout_loss": [2.0, 2.5]})
+    out = outcome(log)
+    assert out["gain_paraphrase_mem"] == pytest.approx(4.0) and out["gain_control_mem"] == pytest.approx(1.5)
+    assert out["gain_beyond_control_paraphrase_mem"] == pytest.approx(2.5)
+    assert out["logprob_after_paraphrase_mem"] == -2.0 and out["exact_paraphrase_mem"] == 0.5
+    assert out["acquisition_paraphrase_mem"] == pytest.approx(4.0 / 6.0)
+    assert "gain_beyond_control_control_mem" not in out

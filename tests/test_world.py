@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections import Counter
 
 import pytest
 
@@ -37,7 +37,8 @@ def test_deterministic_and_seed_dependent(world, corpus):
 def test_counts_and_record_schema(world):
     records = knowledge_records(world)
     assert len(world.people) == 24 and len(records["paraphrase"]) == 6 and len(records["once"]) == 4
-    for record in load_records(records["paraphrase"] + records["once"]):
+    assert len(records["control"]) == 20  # the default count
+    for record in load_records(records["paraphrase"] + records["once"] + records["control"]):
         assert len(record["paraphrases"]) == 9 and len(set(record["paraphrases"] + [record["train_context"]])) == 10
         for kind in ("mem", "gen", "hard_gen"):
             assert len(record[f"{kind}_input"]) == len(record[f"{kind}_target"]) == 5
@@ -50,8 +51,17 @@ def test_counts_and_record_schema(world):
 
 def test_held_out_people_never_in_pretraining_or_background(world, corpus):
     text = "\n".join(corpus["train"] + corpus["heldout"] + generic_documents(world, 500, seed=1))
-    for person in world.paraphrase_people + world.once_people:
+    for person in world.paraphrase_people + world.once_people + world.control_people:
         assert person.name not in text
+    names = [p.name for p in world.people + world.paraphrase_people + world.once_people + world.control_people]
+    assert len(set(names)) == len(names)
+
+
+def test_control_people_leave_the_rest_of_the_world_as_it_was():
+    without = generate_world(dataclasses.replace(CONFIG, n_control_people=0))
+    assert without.control_people == () and without.people == generate_world(CONFIG).people
+    assert pretraining_corpus(without, 50, 5) == pretraining_corpus(generate_world(CONFIG), 50, 5)
+    assert knowledge_records(without)["once"] == knowledge_records(generate_world(CONFIG))["once"]
 
 
 def test_background_mentions_no_person(world):
@@ -73,11 +83,11 @@ def test_every_probe_input_determines_its_target(world, corpus):
     """Wherever a probe's input occurs in the corpus or the records, the text goes on with
     ' ' + target: no input is a prefix of a sentence that continues differently."""
     records = knowledge_records(world)
-    texts = corpus["train"] + [t for r in records["paraphrase"] + records["once"]
-                               for t in [r["train_context"], *r["paraphrases"]]]
+    injected = records["paraphrase"] + records["once"] + records["control"]
+    texts = corpus["train"] + [t for r in injected for t in [r["train_context"], *r["paraphrases"]]]
     text = "\n".join(texts)
     all_probes = [(p["input"], p["target"]) for p in retention_probes(world)]
-    all_probes += [(i, t) for r in records["paraphrase"] + records["once"] for _, i, t in probes(r)]
+    all_probes += [(i, t) for r in injected for _, i, t in probes(r)]
     checked = 0
     for inp, target in all_probes:
         for match in re.finditer(re.escape(inp), text):
