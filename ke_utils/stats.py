@@ -1,30 +1,81 @@
-"""Small statistics without SciPy: rank correlation and mean with spread over seeds."""
+"""Statistics for stating results: correlations with their p-value and confidence interval
+(SciPy), and mean with spread over seeds."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """A correlation coefficient ``r`` with its two-sided ``pvalue`` and confidence interval
+    ``[low, high]`` over ``n`` pairs."""
+
+    r: float
+    pvalue: float
+    low: float
+    high: float
+    n: int
+    method: str
+    confidence: float = 0.95
+
+    def __str__(self) -> str:
+        return (f"r = {self.r:+.2f} ({self.confidence:.0%} CI {self.low:+.2f} to {self.high:+.2f}, "
+                f"p = {self.pvalue:.2g}, n = {self.n}, {self.method})")
+
+
+def correlation(x: Sequence[float], y: Sequence[float], method: str = "pearson",
+                confidence: float = 0.95) -> Correlation:
+    """Pearson or Spearman correlation of ``x`` and ``y`` with p-value and confidence interval.
+
+    Pearson: ``scipy.stats.pearsonr`` and its Fisher-z interval. Spearman: ``scipy.stats.spearmanr``;
+    SciPy gives it no interval, so it is the Fisher-z interval with the standard error
+    ``sqrt(1.06 / (n - 3))`` of Fieller, Hartley and Pearson (1957). With ``n <= 3`` that interval
+    is undefined and reported as (-1, 1). A constant side gives NaN throughout.
+    """
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method must be 'pearson' or 'spearman', not {method!r}")
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two sequences of equal length >= 2, got {x.shape} and {y.shape}")
+    n = len(x)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return Correlation(math.nan, math.nan, math.nan, math.nan, n, method, confidence)
+    if method == "pearson":
+        result = stats.pearsonr(x, y)
+        if n > 3:
+            interval = result.confidence_interval(confidence)
+            low, high = float(interval.low), float(interval.high)
+        else:
+            low, high = -1.0, 1.0
+        r, p = float(result.statistic), float(result.pvalue)
+    else:
+        result = stats.spearmanr(x, y)
+        r, p = float(result.statistic), float(result.pvalue)
+        if n > 3 and abs(r) < 1:
+            half = stats.norm.ppf(0.5 + confidence / 2) * math.sqrt(1.06 / (n - 3))
+            low, high = math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)
+        elif n > 3:
+            low = high = r
+        else:
+            low, high = -1.0, 1.0
+    return Correlation(r, p, low, high, n, method, confidence)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (average ranks for ties); NaN if either side is constant."""
-    x, y = pd.Series(list(x), dtype=float), pd.Series(list(y), dtype=float)
-    if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"need two sequences of equal length >= 2, got {len(x)} and {len(y)}")
-    rx, ry = x.rank().to_numpy(), y.rank().to_numpy()
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return correlation(x, y, "spearman").r
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     """Pearson correlation; NaN if either side is constant."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.std() == 0 or y.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
+    return correlation(x, y, "pearson").r
 
 
 def mean_and_spread(frame: pd.DataFrame, by: str, columns: Sequence[str]) -> pd.DataFrame:

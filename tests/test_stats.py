@@ -1,0 +1,45 @@
+"""Correlations with their p-value and interval (SciPy), against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+
+from ke_utils.stats import correlation
+
+Z95 = 1.959963984540054
+
+
+def test_pearson_with_its_fisher_interval():
+    c = correlation([1, 2, 3, 4], [1, 3, 2, 4])
+    # r = cov / (sd sd) = 4 / 5; Fisher z = atanh(0.8), standard error 1 / sqrt(n - 3) = 1
+    assert c.r == pytest.approx(0.8)
+    assert (c.low, c.high) == pytest.approx((math.tanh(math.atanh(0.8) - Z95), math.tanh(math.atanh(0.8) + Z95)))
+    # two-sided t test: t = r sqrt(n - 2) / sqrt(1 - r^2) = 0.8 sqrt(2) / 0.6, 2 degrees of freedom
+    t = 0.8 * math.sqrt(2) / 0.6
+    assert c.pvalue == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)  # closed form of the t(2) tail
+    assert "r = +0.80 (95% CI -0.70 to +1.00, p = 0.2, n = 4, pearson)" == str(c)
+
+
+def test_spearman_uses_ranks_and_the_fieller_interval():
+    c = correlation([1, 2, 3, 4, 5], [2, 1, 4, 3, 5], "spearman")
+    # ranks differ by d = (1, 1, 1, 1, 0): rho = 1 - 6 * 4 / (5 * 24) = 0.8
+    assert c.r == pytest.approx(0.8)
+    half = Z95 * math.sqrt(1.06 / 2)
+    assert (c.low, c.high) == pytest.approx((math.tanh(math.atanh(0.8) - half), math.tanh(math.atanh(0.8) + half)))
+    assert correlation([1, 2, 3, 4], [1, 4, 9, 100], "spearman").r == pytest.approx(1.0)  # monotone
+    assert correlation([1, 2, 2, 3], [1, 2, 3, 4], "spearman").r == pytest.approx(0.9486833, rel=1e-6)  # ties
+
+
+def test_degenerate_inputs():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        constant = correlation([1, 1, 1, 1], [1, 2, 3, 4])
+        assert math.isnan(constant.r) and math.isnan(constant.pvalue)
+        assert (correlation([1, 2, 3], [3, 1, 2]).low, correlation([1, 2, 3], [3, 1, 2]).high) == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="equal length"):
+        correlation([1], [2])
+    with pytest.raises(ValueError, match="method"):
+        correlation([1, 2], [2, 1], "kendall")
