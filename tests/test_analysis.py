@@ -1,8 +1,6 @@
-"""Statistics, reporting and figures used by the notebooks."""
+"""Reporting and figures used by the notebooks (the statistics are in test_stats.py)."""
 
 from __future__ import annotations
-
-import math
 
 import matplotlib
 
@@ -14,18 +12,6 @@ import torch
 
 from ke_utils import plots, report
 from ke_utils.entropy import knowledge_entropy
-from ke_utils.stats import pearson, spearman
-
-
-def test_spearman_and_pearson():
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)  # rank-based
-    assert pearson([1, 2, 3, 4], [1, 4, 9, 100]) < 0.95
-    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, rel=1e-6)  # ties: average ranks
-    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
-    with pytest.raises(ValueError):
-        spearman([1], [2])
 
 
 def test_finding_reports_and_asserts(capsys):
@@ -72,14 +58,28 @@ def test_save_figure_is_a_no_op_outside_the_main_job(monkeypatch):
     assert plots.save_figure(plots.plot_ke_curve(_frame()), "x") is None
 
 
-def test_coefficient_explorer_draws_and_redraws_on_any_backend():
+def test_coefficient_explorer_draws_and_redraws_on_any_backend(monkeypatch):
+    """Every widget change displays a figure of the first checkpoint next to the chosen one, in
+    the chosen layer: sorted shares p = a / sum(a) of means whose shares are known by hand."""
     from ke_utils.widgets import coefficient_explorer
 
-    frame = _frame()
-    box = coefficient_explorer(frame)  # draws once (under the Agg backend of the tests)
+    means = {0: [[1, 1, 1, 1], [1, 1, 1, 1]], 10: [[1, 1, 2, 4], [1, 3, 3, 3]], 20: [[5, 1, 1, 1], [1, 1, 1, 5]]}
+    frame = pd.DataFrame({"step": list(means), "means": [torch.tensor(m, dtype=torch.float64) for m in means.values()]})
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    box = coefficient_explorer(frame)
     checkpoint, layer = box.children[0].children
-    checkpoint.value, layer.value = frame["step"].iloc[1], 0  # each change redraws
-    assert checkpoint.value == frame["step"].iloc[1] and layer.value == 0
+    checkpoint.value = 10
+    layer.value = 0
+    expected = [(1, 20, [0.625, 0.125, 0.125, 0.125]), (1, 10, [0.3, 0.3, 0.3, 0.1]), (0, 10, [0.5, 0.25, 0.125, 0.125])]
+    assert len(shown) == len(expected)  # the first draw, then one per change
+    for fig, (number, step, shares) in zip(shown, expected):
+        ax = fig.axes[0]
+        assert ax.get_title() == f"layer {number}: sorted usage"
+        lines = {line.get_label(): line.get_ydata() for line in ax.lines}
+        assert list(lines) == ["step 0", f"step {step}", "uniform"]
+        np.testing.assert_allclose(lines["step 0"], [0.25] * 4)
+        np.testing.assert_allclose(lines[f"step {step}"], shares)
 
 
 def test_stage_and_variant_figures():

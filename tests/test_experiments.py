@@ -3,6 +3,7 @@ unmodified baseline, are deterministic, and report what they claim to."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -15,6 +16,7 @@ from ke_utils.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
 from ke_utils.continual import TrainConfig
 from ke_utils.experiments import Variant, reactivation_experiment, run_stage, stage_experiment, variant_grid
+from ke_utils.outcomes import outcome
 from ke_utils.pretrain import builtin_family, builtin_texts
 from ke_utils.setups import builtin_setup
 from ke_utils.stats import mean_and_spread
@@ -32,12 +34,52 @@ def mini(tmp_path_factory):
     return checkpoints, setup, builtin_texts("heldout", 10, MINI, root)
 
 
+def _choice_setup(setup):
+    """``setup`` with retention measured as 4-way multiple choice on the pretraining people's facts
+    (the right target against those of three other probes): a 6-step model knows no fact exactly,
+    so exact-match retention would be 0 / 0, but it scores above 0 here."""
+    probes, n = setup.retention, len(setup.retention)
+    items = [{"context": probes.input[i], "choices": [probes.target[(i + s) % n] for s in (0, 7, 14, 21)], "label": 0}
+             for i in range(n)]
+    return dataclasses.replace(setup, retention=None, tasks={"facts": (items, "acc")})
+
+
+def test_outcome_from_a_hand_made_log():
+    """First row = before, last row = after; rows in between do not count."""
+    log = pd.DataFrame({"step": [0, 2, 4],
+                        "logprob_paraphrase_mem": [-4.0, -100.0, -3.0], "exact_paraphrase_mem": [0.0, 0.9, 0.25],
+                        "logprob_control_mem": [-5.0, -100.0, -4.5], "exact_control_mem": [0.0, 0.9, 0.0],
+                        "retention_score": [0.8, 0.1, 0.6], "heldout_loss": [3.0, 9.0, 3.5]})
+    assert outcome(log) == pytest.approx({
+        "acquisition_paraphrase_mem": 0.25,  # (-3 - -4) / |-4|
+        "logprob_after_paraphrase_mem": -3.0, "exact_paraphrase_mem": 0.25, "gain_paraphrase_mem": 1.0,
+        "acquisition_control_mem": 0.1,  # (-4.5 - -5) / |-5|
+        "logprob_after_control_mem": -4.5, "exact_control_mem": 0.0, "gain_control_mem": 0.5,
+        "gain_beyond_control_paraphrase_mem": 0.5,  # 1.0 - 0.5
+        "retention": 0.75, "forgetting": 0.25,  # 0.6 / 0.8
+        "heldout_loss_change": 0.5,
+    })
+    reference = pd.Series({"logprob_paraphrase_mem": -8.0, "logprob_control_mem": -5.0, "retention_score": 0.0,
+                           "heldout_loss": 2.0})
+    against = outcome(log, before=reference)
+    assert (against["acquisition_paraphrase_mem"], against["gain_paraphrase_mem"]) == (0.625, 5.0)  # (-3 + 8) / 8
+    assert against["heldout_loss_change"] == 1.5 and against["exact_paraphrase_mem"] == 0.25
+    assert math.isnan(against["retention"]) and math.isnan(against["forgetting"])  # nothing known before
+
+
 def test_stage_experiment_rows_and_determinism(mini):
     checkpoints, setup, _ = mini
     results, logs = stage_experiment(checkpoints[1:], setup, STREAM, TRAIN, seeds=(0, 1), progress=False)
     assert list(zip(results.step, results.seed)) == [(3, 0), (6, 0), (3, 1), (6, 1)]
     assert {"acquisition_paraphrase_mem", "acquisition_once_mem", "retention", "forgetting"} <= set(results.columns)
-    assert all(math.isfinite(v) for v in results["acquisition_paraphrase_mem"])
+    for i, row in results.iterrows():  # each row from its own log: before = step 0, after = the last step
+        log = logs[(logs.checkpoint == row.step) & (logs.seed == row.seed)]
+        first, last = log.iloc[0], log.iloc[-1]
+        assert (first.step, last.step) == (0, STREAM.steps)
+        for column in [c for c in log.columns if c.startswith("logprob_")]:
+            expected = (last[column] - first[column]) / abs(first[column])
+            assert row[f"acquisition_{column[len('logprob_'):]}"] == pytest.approx(expected, rel=1e-12), (i, column)
+        assert row["heldout_loss_change"] == pytest.approx(last.heldout_loss - first.heldout_loss, rel=1e-12)
     again = run_stage(checkpoints[2], setup, STREAM, TRAIN)
     pd.testing.assert_frame_equal(again.reset_index(drop=True),
                                   logs[(logs.checkpoint == 6) & (logs.seed == 0)].drop(columns="seed").reset_index(drop=True))
@@ -47,21 +89,32 @@ def test_stage_experiment_rows_and_determinism(mini):
 
 def test_reactivation_baseline_equals_plain_continued_training(mini):
     checkpoints, setup, texts = mini
+    setup = _choice_setup(setup)
     variants = [Variant("baseline"), Variant("least p=0.5 q=2", 0.5, 2.0)]
     tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
     model = load_checkpoint(checkpoints[-1])
     before = {n: p.clone() for n, p in model.state_dict().items()}
-    results, _ = reactivation_experiment(model, tokenizer, setup, variants, text_batches(tokenizer, texts), STREAM, TRAIN,
-                                         seeds=(0,), progress=False)
+    results, logs = reactivation_experiment(model, tokenizer, setup, variants, text_batches(tokenizer, texts), STREAM,
+                                            TRAIN, seeds=(0,), progress=False)
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())  # the experiment works on copies
-    plain, _ = stage_experiment(checkpoints[-1:], setup, STREAM, TRAIN, seeds=(0,), progress=False)
+    plain, plain_logs = stage_experiment(checkpoints[-1:], setup, STREAM, TRAIN, seeds=(0,), progress=False)
+    reference = plain_logs.iloc[0]  # the unmodified checkpoint before training
+    assert reference.retention_score > 0 and plain["retention"].iloc[0] != 1  # retention defined, and it moved
+    # the baseline is plain continued training: the same log, the same outcome
+    base_log = logs[logs.variant == "baseline"].drop(columns=["variant", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(base_log, plain_logs.drop(columns=["checkpoint", "seed"]))
     base = results[results.variant == "baseline"].iloc[0]
-    for column in ("acquisition_paraphrase_mem", "acquisition_once_gen", "heldout_loss_change"):
+    for column in ("acquisition_paraphrase_mem", "acquisition_once_gen", "retention", "heldout_loss_change"):
         assert base[column] == pytest.approx(plain[column].iloc[0], rel=1e-9)
-    # (a 6-step model knows no fact exactly: retention is 0 / 0 here, compared as NaN)
-    assert base["retention"] == pytest.approx(plain["retention"].iloc[0], rel=1e-9, nan_ok=True)
-    assert base["heldout_loss_at_start"] == 0.0
+    # the reactivated variant starts elsewhere, and its outcome is measured from the unmodified model
     lifted = results[results.variant == "least p=0.5 q=2"].iloc[0]
+    start, end = (logs[logs.variant == "least p=0.5 q=2"].iloc[i] for i in (0, -1))
+    assert lifted["heldout_loss_at_start"] == pytest.approx(start.heldout_loss - reference.heldout_loss, rel=1e-9)
+    assert lifted["heldout_loss_at_start"] != 0 and start.logprob_paraphrase_mem != reference.logprob_paraphrase_mem
+    assert lifted["retention_at_start"] == pytest.approx(start.retention_score / reference.retention_score, rel=1e-9)
+    k_before, k_after = reference.logprob_paraphrase_mem, end.logprob_paraphrase_mem
+    assert lifted["acquisition_paraphrase_mem"] == pytest.approx((k_after - k_before) / abs(k_before), rel=1e-9)
+    assert lifted["retention"] == pytest.approx(end.retention_score / reference.retention_score, rel=1e-9)
     assert lifted["ke"] > base["ke"]  # measured after the change, on the same texts
 
 

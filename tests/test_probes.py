@@ -53,14 +53,35 @@ def test_exact_match_on_a_model_that_knows_the_answer(tiny_tokenizer):
 
 
 def test_probe_table_and_summary(model, tiny_tokenizer):
-    record = {f"{k}_input": [f"The quick brown fox {i}" for i in range(5)] for k in ("mem", "gen", "hard_gen")}
-    record.update({f"{k}_target": ["jumps"] * 5 for k in ("mem", "gen", "hard_gen")})
-    table = probe_table([record, record])
-    assert len(table) == 30 and set(table["kind"]) == {"mem", "gen", "hard_gen"}
+    """Items with different numbers of probes: K is the mean over items of each item's mean, not
+    the mean over probes."""
+    first = {"mem_input": ["The quick brown fox"], "mem_target": ["jumps"],
+             "gen_input": ["The lazy dog", "Memory vectors"], "gen_target": ["sleeps", "store"],
+             "hard_gen_input": [], "hard_gen_target": []}
+    second = {"mem_input": ["Facts live", "Entropy falls", "The fox"], "mem_target": ["in memory", "as", "jumps"],
+              "gen_input": ["Knowledge entropy"], "gen_target": ["falls"], "hard_gen_input": ["The dog"],
+              "hard_gen_target": ["sleeps"]}
+    table = probe_table([first, second])
+    assert list(zip(table["item"], table["kind"], table["probe"])) == [
+        (0, "mem", 0), (0, "gen", 0), (0, "gen", 1), (1, "mem", 0), (1, "mem", 1), (1, "mem", 2), (1, "gen", 0),
+        (1, "hard_gen", 0)]
+    assert list(table["target"]) == ["jumps", "sleeps", "store", "in memory", "as", "jumps", "falls", "sleeps"]
     scored = score_probes(model, tiny_tokenizer, table)
-    summary = summarize(scored)
+    pd.testing.assert_frame_equal(scored[table.columns], table)
+    assert list(scored.columns[len(table.columns):]) == ["logprob", "logprob_sum", "n_target", "exact"]
+
+    hand = table.assign(logprob=[-1.0, -2.0, -4.0, -3.0, -6.0, -9.0, -5.0, -7.0],
+                        exact=[True, True, False, False, False, True, True, False])
+    summary = summarize(hand)
     assert list(summary.index) == ["gen", "hard_gen", "mem"]
-    assert summary.loc["mem", "logprob"] == pytest.approx(scored[scored.kind == "mem"]["logprob"].mean())
+    # mem: item 0 has -1, item 1 has mean(-3, -6, -9) = -6: K = -3.5 (the mean over probes is -4.75);
+    # exact: 1 and 1/3 -> 2/3 (over probes 1/2).
+    # gen: -3 and -5 -> -4 (over probes -11/3); exact: 1/2 and 1 -> 3/4 (over probes 2/3).
+    assert summary.loc["mem", "logprob"] == pytest.approx(-3.5)
+    assert summary.loc["mem", "exact"] == pytest.approx(2 / 3)
+    assert summary.loc["gen", "logprob"] == pytest.approx(-4.0)
+    assert summary.loc["gen", "exact"] == pytest.approx(0.75)
+    assert (summary.loc["hard_gen", "logprob"], summary.loc["hard_gen", "exact"]) == (-7.0, 0.0)
 
 
 def test_bad_pairs():

@@ -107,21 +107,35 @@ def test_p_zero_changes_nothing_and_inplace_switch():
 
 
 def test_controls_use_the_same_factors_on_other_neurons():
+    """Means 1..64 in a shuffled order per layer (mean 32.5): with p = 0.25 and q = 2 the method
+    scales the 16 neurons of means 1..16 by 2 * 32.5 / a_j; "most" puts the same factors on the
+    neurons of means 64..49 (65 on the most used), "random" on 16 neurons that are not the least used."""
     model = make_model("llama")
-    means = coefficient_means(model, [_batch()])
-    _, least = reactivate(model, means, 0.25, 2.0, select="least")
-    _, most = reactivate(model, means, 0.25, 2.0, select="most")
-    _, rand = reactivate(model, means, 0.25, 2.0, select="random", seed=3)
-    _, rand_again = reactivate(model, means, 0.25, 2.0, select="random", seed=3)
-    for l in range(means.shape[0]):
-        torch.testing.assert_close(least.scales[l], most.scales[l])
-        torch.testing.assert_close(least.scales[l], rand.scales[l])
-        assert torch.equal(rand.indices[l], rand_again.indices[l])
-        assert set(least.indices[l].tolist()).isdisjoint(most.indices[l].tolist())
-        assert float(means[l][most.indices[l]].min()) >= float(means[l][least.indices[l]].max())
-        assert float(least.scales[l].min()) >= 2.0  # the least-used quarter lies below the layer mean
-    assert knowledge_entropy(means).total > 0
-    assert least.per_layer["touched"].tolist() == [16, 16]
+    g = torch.Generator().manual_seed(0)
+    means = torch.stack([torch.randperm(64, generator=g) + 1.0 for _ in range(2)]).double()
+    factors = torch.tensor([65.0 / v for v in range(1, 17)], dtype=torch.float64)  # largest first
+    expected_rows = {"least": [[means[l].tolist().index(v) for v in range(1, 17)] for l in range(2)],
+                     "most": [[means[l].tolist().index(v) for v in range(64, 48, -1)] for l in range(2)]}
+    for select in ("least", "most", "random"):
+        modified, report = reactivate(model, means, 0.25, 2.0, select=select, seed=3)
+        assert report.per_layer["touched"].tolist() == [16, 16]
+        changed = {n for n, p in modified.state_dict().items() if not torch.equal(p, model.state_dict()[n])}
+        assert changed == {f"model.layers.{l}.mlp.up_proj.weight" for l in range(2)}
+        for l in range(2):
+            rows, scales = report.indices[l], report.scales[l]
+            torch.testing.assert_close(scales, factors)
+            if select == "random":
+                assert len(set(rows.tolist())) == 16 and set(rows.tolist()) != set(expected_rows["least"][l])
+            else:
+                assert rows.tolist() == expected_rows[select][l]
+            old = model.model.layers[l].mlp.up_proj.weight
+            new = modified.model.layers[l].mlp.up_proj.weight
+            untouched = torch.ones(64, dtype=torch.bool)
+            untouched[rows] = False
+            assert torch.equal(new[untouched], old[untouched])
+            torch.testing.assert_close(new[rows], old[rows] * scales[:, None].float(), rtol=1e-6, atol=0)
+    drawn = [reactivate(model, means, 0.25, 2.0, select="random", seed=s)[1].indices[0] for s in (3, 3, 4)]
+    assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])  # the seed decides
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -7,9 +7,10 @@ import warnings
 
 import pytest
 
-from ke_utils.stats import correlation
+from ke_utils.stats import correlation, pearson, spearman
 
 Z95 = 1.959963984540054
+Z90 = 1.6448536269514722
 
 
 def test_pearson_with_its_fisher_interval():
@@ -43,3 +44,32 @@ def test_degenerate_inputs():
         correlation([1], [2])
     with pytest.raises(ValueError, match="method"):
         correlation([1, 2], [2, 1], "kendall")
+
+
+def test_spearman_p_value_and_other_confidence_levels():
+    # y ranks (1, 3, 2, 4): rho = 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8; with n = 4 (2 degrees of
+    # freedom) the two-sided tail of t = r sqrt(2) / sqrt(1 - r^2) is exactly 1 - |r|; atanh(0.8) = ln 3
+    c = correlation([1, 2, 3, 4], [1, 9, 4, 100], "spearman")
+    assert (c.r, c.pvalue) == pytest.approx((0.8, 0.2))
+    half = Z95 * math.sqrt(1.06 / 1)
+    assert (c.low, c.high) == pytest.approx((math.tanh(math.log(3) - half), math.tanh(math.log(3) + half)))
+    ninety = correlation([1, 2, 3, 4], [1, 3, 2, 4], confidence=0.9)
+    assert (ninety.low, ninety.high) == pytest.approx((math.tanh(math.log(3) - Z90), math.tanh(math.log(3) + Z90)))
+    assert "(90% CI -0.50 to +0.99," in str(ninety)
+    short = correlation([1, 2, 3], [3, 1, 2], "spearman")  # n <= 3: no interval
+    assert (short.r, short.low, short.high) == (pytest.approx(-0.5), -1.0, 1.0)
+    perfect = correlation([1, 2, 3, 4, 5], [2, 4, 6, 8, 10], "spearman")
+    assert (perfect.r, perfect.low, perfect.high) == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_plain_float_helpers_of_the_notebooks():
+    # y = (1, 4, 9, 100): deviations (-27.5, -24.5, -19.5, 71.5) against (-1.5, -0.5, 0.5, 1.5),
+    # sum of products 151, sums of squares 6849 and 5
+    assert pearson([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(151 / math.sqrt(5 * 6849))
+    assert spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(pearson([1, 2, 3], [5, 5, 5]))
+        constant = correlation([1, 2, 3, 4], [7, 7, 7, 7], "spearman")
+    assert all(math.isnan(v) for v in (constant.r, constant.pvalue, constant.low, constant.high))
