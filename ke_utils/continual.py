@@ -30,7 +30,8 @@ class TrainConfig:
     - ``"matched"``: the same, with the peak at the checkpoint's own pretraining learning rate;
     - ``"resumed"``: the checkpoint's own AdamW state (moments and hyperparameters, its weight
       decay included) continued at its own pretraining learning rate, constant, no warmup.
-    ``weight_decay`` and ``betas`` apply to the fresh optimizers only.
+    ``weight_decay`` and ``betas`` apply to the fresh optimizers only. ``own_lr``: the checkpoint's
+    pretraining learning rate; None reads the one a built-in checkpoint recorded.
     """
 
     lr: float = 1e-3
@@ -40,6 +41,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     seed: int = 0
     protocol: str = "study"
+    own_lr: float | None = None
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -54,9 +56,9 @@ def optimizer_and_schedule(model, config: TrainConfig, steps: int, checkpoint: C
         opt = optimizer(model, config.lr, config.weight_decay, config.betas)
         return opt, get_cosine_with_min_lr_schedule_with_warmup(opt, config.warmup, steps,
                                                                 min_lr_rate=config.min_lr_ratio)
-    if checkpoint is None:
+    if checkpoint is None and (config.protocol == "resumed" or config.own_lr is None):
         raise ValueError(f"protocol {config.protocol!r} needs the checkpoint the model was loaded from")
-    own_lr = checkpoint_state(checkpoint)["learning_rate"]
+    own_lr = config.own_lr if config.own_lr is not None else checkpoint_state(checkpoint)["learning_rate"]
     if not own_lr > 0:
         raise ValueError(f"{checkpoint.name} was saved at learning rate {own_lr}: nothing to match or resume")
     if config.protocol == "matched":

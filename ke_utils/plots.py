@@ -200,3 +200,45 @@ def plot_training_curves(logs: pd.DataFrame, columns: dict[str, str], by: str = 
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+PROTOCOL_MARKERS = {"study": "o", "matched": "s", "resumed": "^"}
+
+
+def plot_ke_and_lr(families: dict[str, pd.DataFrame], axes=None):
+    """Normalised KE (left) and pretraining learning rate (right) per checkpoint, one line per
+    family; each frame has ``step``, ``normalized`` and ``lr``."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = axes[0].figure
+    for name, frame in families.items():
+        axes[0].plot(frame["step"], frame["normalized"], "o-", label=name)
+        axes[1].plot(frame["step"], frame["lr"], "o-", label=name)
+    for ax, label in zip(axes, ("normalised knowledge entropy", "pretraining learning rate")):
+        _step_axis(ax, next(iter(families.values()))["step"])
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=None):
+    """Each ``column`` per starting checkpoint (x: its step), one line per ``protocol`` (mean over
+    seeds, the spread as error bars when there are several), plus any extra ``label`` rows (e.g. a
+    reactivated checkpoint) as stars."""
+    if axes is None:
+        fig, axes = plt.subplots(1, len(columns), figsize=(4.4 * len(columns), 3.8), squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    for ax, (column, label) in zip(axes, columns.items()):
+        for name, rows in results.groupby("label", sort=False):
+            stats = rows.groupby("step")[column].agg(["mean", "std"]).reset_index()
+            protocol = rows["protocol"].iloc[0]
+            ax.errorbar(stats["step"], stats["mean"], yerr=stats["std"].fillna(0), capsize=3, label=name,
+                        marker=PROTOCOL_MARKERS.get(protocol, "*") if name == protocol else "*",
+                        markersize=7 if name == protocol else 13, linestyle="-" if len(stats) > 1 else "none")
+        ax.set_xlabel("starting checkpoint (step)")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,131 @@
+"""Is it the entropy? The learning-rate confound of the study's finding 2, and a causal test
+(notebook 05).
+
+The study trained OLMo-1B checkpoints further with a fresh AdamW warmed up to one peak learning
+rate. Its checkpoints had been pretrained with cosine decay, so the later a checkpoint, the
+larger the jump from its own learning rate to that peak: "later" and "abrupt re-warming" go
+together. This module runs the same continued training under the protocols of
+:class:`~ke_utils.continual.TrainConfig` (``study``, ``matched``, ``resumed``), raises a late
+checkpoint's knowledge entropy to an earlier one's with :func:`~ke_utils.reactivation.reactivate`,
+and asks how much of acquisition and forgetting knowledge entropy explains beyond the LR jump.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .checkpoints import Checkpoint
+from .continual import TrainConfig
+from .entropy import coefficient_means, knowledge_entropy
+from .experiments import stage_experiment
+from .pretrain import checkpoint_state
+from .reactivation import Reactivation, reactivate
+from .setups import KnowledgeSetup
+from .stream import StreamConfig
+
+# OLMo-1B's pretraining schedule (allenai/OLMo configs/official/OLMo-1B.yaml): linear warmup over
+# 2,000 steps to 4e-4, then cosine to 0.1 x at the end of the run (about 739k steps).
+OLMO_1B_SCHEDULE = {"peak": 4e-4, "warmup": 2_000, "total": 739_000, "final_ratio": 0.1}
+
+
+def cosine_lr(step: int, peak: float, warmup: int, total: int, final_ratio: float = 0.1) -> float:
+    """Learning rate after ``step`` updates of linear warmup then cosine decay to ``final_ratio``
+    x ``peak`` at ``total`` (the shape of OLMo's schedule and of the ``decayed`` family)."""
+    if step < warmup:
+        return peak * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def olmo_1b_lr(step: int) -> float:
+    """OLMo-1B's pretraining learning rate at ``step`` (from its configuration, not its logs)."""
+    return cosine_lr(step, **OLMO_1B_SCHEDULE)
+
+
+def own_lr(checkpoint: Checkpoint) -> float:
+    """The pretraining learning rate a built-in checkpoint recorded (``trainer_state.json``)."""
+    return float(checkpoint_state(checkpoint)["learning_rate"])
+
+
+def protocol_experiment(checkpoints: Sequence[Checkpoint], setup: KnowledgeSetup, stream_config: StreamConfig,
+                        train_config: TrainConfig, protocols: Sequence[str] = ("study", "matched", "resumed"),
+                        seeds: Sequence[int] = (0,), lr_of: Callable[[Checkpoint], float] | None = None,
+                        eval_every: int = 0, device: str = "cpu",
+                        progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`~ke_utils.experiments.stage_experiment` from every checkpoint under every protocol
+    (same stream, same data order). ``lr_of(checkpoint)``: its pretraining LR (default: what a
+    built-in checkpoint recorded; e.g. ``lambda c: olmo_1b_lr(c.step)`` for OLMo-1B). Rows gain
+    ``protocol``, ``own_lr``, ``peak_lr`` (the highest LR of continued training) and ``lr_jump``
+    = peak / own. ``resumed`` is skipped, with a message, for checkpoints without optimizer state."""
+    lr_of = lr_of or own_lr
+    results, logs = [], []
+    for protocol in protocols:
+        for ckpt in checkpoints:
+            if protocol == "resumed" and not _has_optimizer_state(ckpt):
+                print(f"protocol 'resumed' skipped for {ckpt.name}: no optimizer state saved with the checkpoint")
+                continue
+            lr = lr_of(ckpt)
+            config = dataclasses.replace(train_config, protocol=protocol, own_lr=lr)
+            result, log = stage_experiment([ckpt], setup, stream_config, config, seeds, eval_every, device, progress)
+            peak = train_config.lr if protocol == "study" else lr
+            results.append(result.assign(protocol=protocol, own_lr=lr, peak_lr=peak, lr_jump=peak / lr))
+            logs.append(log.assign(protocol=protocol))
+    return pd.concat(results, ignore_index=True), pd.concat(logs, ignore_index=True)
+
+
+def _has_optimizer_state(checkpoint: Checkpoint) -> bool:
+    return checkpoint.revision is None and (Path(checkpoint.path) / "optimizer.pt").exists()
+
+
+def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: float = 0.5,
+                            factors: tuple[float, float] = (0.05, 3.0), tolerance: float = 1e-3,
+                            max_steps: int = 20) -> tuple[torch.nn.Module, Reactivation, float]:
+    """A reactivated copy of ``model`` (the least-used fraction ``ratio`` of neurons) whose
+    knowledge entropy on ``batches`` is ``target`` (nats) within ``tolerance``, found by bisection
+    on the factor q in ``factors`` (KE rises with q over that range on the built-in family).
+    Returns ``(model, report, ke)``; raises ValueError if ``target`` is not reachable."""
+    means = coefficient_means(model, batches)
+
+    def attempt(q: float):
+        modified, report = reactivate(model, means, ratio, q)
+        return modified, report, knowledge_entropy(coefficient_means(modified, batches)).total
+
+    low, high = factors
+    lo, hi = attempt(low), attempt(high)
+    if not lo[2] <= target <= hi[2]:
+        raise ValueError(f"target KE {target:.4f} is outside [{lo[2]:.4f}, {hi[2]:.4f}] reached with q in {factors}")
+    best = min((lo, hi), key=lambda r: abs(r[2] - target))
+    for _ in range(max_steps):
+        if abs(best[2] - target) <= tolerance:
+            break
+        middle = (low + high) / 2
+        current = attempt(middle)
+        low, high = (middle, high) if current[2] < target else (low, middle)
+        best = min((best, current), key=lambda r: abs(r[2] - target))
+    return best
+
+
+def variance_explained(frame: pd.DataFrame, outcome: str,
+                       predictors: dict[str, Sequence[str]]) -> pd.DataFrame:
+    """R^2 of an ordinary least-squares fit of ``outcome`` on each named set of ``predictors``
+    (with an intercept), and the adjusted R^2 that charges each predictor; one row per set."""
+    y = frame[outcome].to_numpy(float)
+    n = len(y)
+    rows = []
+    for name, columns in predictors.items():
+        x = np.column_stack([np.ones(n), *(frame[c].to_numpy(float) for c in columns)])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        residual = float(((y - x @ coef) ** 2).sum())
+        total = float(((y - y.mean()) ** 2).sum())
+        r2 = 1 - residual / total if total > 0 else float("nan")
+        k = len(columns)
+        adjusted = 1 - (1 - r2) * (n - 1) / (n - k - 1) if n - k - 1 > 0 else float("nan")
+        rows.append({"predictors": name, "r2": r2, "adjusted_r2": adjusted, "n": n})
+    return pd.DataFrame(rows)
