@@ -92,3 +92,17 @@ def test_stage_and_variant_figures():
     logs = pd.DataFrame({"checkpoint": [10, 10, 20, 20], "step": [0, 6, 0, 6], "k": [-5.0, -3.0, -6.0, -3.1]})
     lines = plots.plot_training_curves(logs, {"k": "K"}).axes[0].lines
     assert [list(l.get_ydata()) for l in lines] == [[-5.0, -3.0], [-6.0, -3.1]]
+
+
+def test_ke_and_lr_and_protocol_figures_draw_their_data():
+    frame = pd.DataFrame({"step": [0, 10, 100], "normalized": [0.99, 0.95, 0.93], "lr": [0.0, 3e-3, 3e-4]})
+    fig = plots.plot_ke_and_lr({"decayed": frame})
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), frame["normalized"])
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), frame["lr"])
+    results = pd.DataFrame({"label": ["study"] * 4 + ["reactivated"], "protocol": ["study"] * 5,
+                            "step": [10, 10, 100, 100, 100], "gain": [1.0, 3.0, 0.5, 0.5, 2.0]})
+    fig = plots.plot_protocol_outcomes(results, {"gain": "gain (nats)"})
+    study_line, star = (container.lines[0] for container in fig.axes[0].containers)  # errorbar data lines
+    np.testing.assert_allclose(np.asarray(study_line.get_ydata(), float), [2.0, 0.5])  # mean over seeds
+    np.testing.assert_allclose(np.asarray(star.get_ydata(), float), [2.0])
+    assert star.get_marker() == "*" and star.get_linestyle() == "None"
