@@ -12,6 +12,7 @@ and asks how much of acquisition and forgetting knowledge entropy explains beyon
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -20,11 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from transformers import AutoTokenizer
 
-from .checkpoints import Checkpoint
+from .batching import text_batches
+from .checkpoints import Checkpoint, load_checkpoint
 from .continual import TrainConfig
-from .entropy import coefficient_means, knowledge_entropy
-from .experiments import stage_experiment
+from .entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
+from .experiments import stage_experiment, train_and_evaluate
+from .outcomes import outcome
 from .pretrain import checkpoint_state
 from .reactivation import Reactivation, reactivate
 from .setups import KnowledgeSetup
@@ -86,29 +90,31 @@ def _has_optimizer_state(checkpoint: Checkpoint) -> bool:
 
 def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: float = 0.5,
                             factors: tuple[float, float] = (0.05, 3.0), tolerance: float = 1e-3,
-                            max_steps: int = 20) -> tuple[torch.nn.Module, Reactivation, float]:
+                            max_steps: int = 20) -> tuple[torch.nn.Module, Reactivation, KnowledgeEntropy]:
     """A reactivated copy of ``model`` (the least-used fraction ``ratio`` of neurons) whose
     knowledge entropy on ``batches`` is ``target`` (nats) within ``tolerance``, found by bisection
     on the factor q in ``factors`` (KE rises with q over that range on the built-in family).
-    Returns ``(model, report, ke)``; raises ValueError if ``target`` is not reachable."""
+    Returns ``(model, report, knowledge entropy reached)``; raises ValueError if ``target`` is not
+    reachable."""
     means = coefficient_means(model, batches)
 
     def attempt(q: float):
         modified, report = reactivate(model, means, ratio, q)
-        return modified, report, knowledge_entropy(coefficient_means(modified, batches)).total
+        return modified, report, knowledge_entropy(coefficient_means(modified, batches))
 
     low, high = factors
     lo, hi = attempt(low), attempt(high)
-    if not lo[2] <= target <= hi[2]:
-        raise ValueError(f"target KE {target:.4f} is outside [{lo[2]:.4f}, {hi[2]:.4f}] reached with q in {factors}")
-    best = min((lo, hi), key=lambda r: abs(r[2] - target))
+    if not lo[2].total <= target <= hi[2].total:
+        raise ValueError(f"target KE {target:.4f} is outside [{lo[2].total:.4f}, {hi[2].total:.4f}] "
+                         f"reached with q in {factors}")
+    best = min((lo, hi), key=lambda r: abs(r[2].total - target))
     for _ in range(max_steps):
-        if abs(best[2] - target) <= tolerance:
+        if abs(best[2].total - target) <= tolerance:
             break
         middle = (low + high) / 2
         current = attempt(middle)
-        low, high = (middle, high) if current[2] < target else (low, middle)
-        best = min((best, current), key=lambda r: abs(r[2] - target))
+        low, high = (middle, high) if current[2].total < target else (low, middle)
+        best = min((best, current), key=lambda r: abs(r[2].total - target))
     return best
 
 
@@ -129,3 +135,29 @@ def variance_explained(frame: pd.DataFrame, outcome: str,
         adjusted = 1 - (1 - r2) * (n - 1) / (n - k - 1) if n - k - 1 > 0 else float("nan")
         rows.append({"predictors": name, "r2": r2, "adjusted_r2": adjusted, "n": n})
     return pd.DataFrame(rows)
+
+
+def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, stream_config: StreamConfig,
+                train_config: TrainConfig, texts: Sequence[str], seeds: Sequence[int] = (0,), eval_every: int = 0,
+                device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame, Reactivation]:
+    """Raise ``late``'s knowledge entropy on ``texts`` to ``target_ke`` (nats; e.g. an earlier
+    checkpoint's) with :func:`match_knowledge_entropy`, then train the modified model as
+    :func:`protocol_experiment` trains the checkpoints under ``study`` (the only protocol that
+    needs no optimizer state of the model's own). Returns ``(results, logs, report)``: rows with
+    :func:`~ke_utils.outcomes.outcome`, the learning rates of ``late``, ``normalized`` (the KE
+    reached, normalised) and ``label="reactivated"``."""
+    tokenizer = AutoTokenizer.from_pretrained(late.path, revision=late.revision)
+    model = load_checkpoint(late, device=device)
+    modified, report, ke = match_knowledge_entropy(model, text_batches(tokenizer, texts), target_ke)
+    del model
+    lr = own_lr(late)
+    results, logs = [], []
+    for seed in seeds:
+        trained = copy.deepcopy(modified)
+        log = train_and_evaluate(trained, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
+                                 dataclasses.replace(train_config, protocol="study", seed=seed), eval_every)
+        results.append({"step": late.step, "seed": seed, **outcome(log), "protocol": "study", "own_lr": lr,
+                        "peak_lr": train_config.lr, "lr_jump": train_config.lr / lr, "normalized": ke.normalized})
+        logs.append(log.assign(checkpoint=late.step, seed=seed, protocol="study"))
+    return (pd.DataFrame(results).assign(label="reactivated"),
+            pd.concat(logs, ignore_index=True).assign(label="reactivated"), report)

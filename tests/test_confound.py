@@ -14,10 +14,11 @@ from transformers import AutoTokenizer
 from helpers import MINI
 from ke_utils.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
-from ke_utils.confound import (cosine_lr, match_knowledge_entropy, olmo_1b_lr, own_lr, protocol_experiment,
+from ke_utils.confound import (causal_test, cosine_lr, match_knowledge_entropy, olmo_1b_lr, own_lr, protocol_experiment,
                                variance_explained)
 from ke_utils.continual import TrainConfig
 from ke_utils.entropy import coefficient_means, knowledge_entropy
+from ke_utils.evaluation import evaluator
 from ke_utils.pretrain import builtin_family, builtin_texts
 from ke_utils.reactivation import reactivate
 from ke_utils.setups import builtin_setup
@@ -72,8 +73,8 @@ def test_reactivation_reaches_a_target_knowledge_entropy(family):
     ends = [knowledge_entropy(coefficient_means(reactivate(model, means, 0.5, q)[0], batches)).total for q in (0.05, 1.0)]
     target = sum(ends) / 2  # reachable between q = 0.05 and q = 1
     modified, report, ke = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4)
-    assert abs(ke - target) <= 1e-4 and report.ratio == 0.5 and 0.05 < report.factor < 1.0
-    assert knowledge_entropy(coefficient_means(modified, batches)).total == pytest.approx(ke, abs=1e-9)
+    assert abs(ke.total - target) <= 1e-4 and report.ratio == 0.5 and 0.05 < report.factor < 1.0
+    assert knowledge_entropy(coefficient_means(modified, batches)).total == pytest.approx(ke.total, abs=1e-9)
     assert knowledge_entropy(coefficient_means(model, batches)).total == pytest.approx(before, abs=1e-9)  # a copy
     with pytest.raises(ValueError, match="outside"):
         match_knowledge_entropy(model, batches, before + 10)
@@ -98,3 +99,23 @@ def test_protocol_experiment_records_the_learning_rates(family, capsys):
     results, _ = protocol_experiment(ckpts[2:], setup, stream, TrainConfig(lr=3e-3, warmup=1), protocols=("matched",),
                                      lr_of=lambda c: 1e-3, progress=False)
     assert results["own_lr"].tolist() == [1e-3] and not math.isnan(results["acquisition_paraphrase_mem"].iloc[0])
+
+
+def test_causal_test_trains_the_reactivated_late_checkpoint(family):
+    ckpts, root = family
+    setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=32, max_injected_rows=2)
+    texts = builtin_texts("heldout", 10, COSINE, root)
+    tokenizer = AutoTokenizer.from_pretrained(ckpts[-1].path)
+    model, batches = load_checkpoint(ckpts[-1]), text_batches(tokenizer, texts)
+    means = coefficient_means(model, batches)
+    target = sum(knowledge_entropy(coefficient_means(reactivate(model, means, 0.5, q)[0], batches)).total
+                 for q in (0.05, 1.0)) / 2
+    results, logs, report = causal_test(ckpts[-1], target, setup, stream, TrainConfig(lr=3e-3, warmup=1), texts)
+    row = results.iloc[0]
+    assert row.label == "reactivated" and row.step == 6 and row.lr_jump == pytest.approx(3e-3 / own_lr(ckpts[-1]))
+    assert row.normalized * 2 * math.log(32) == pytest.approx(target, abs=1e-3)  # the KE it was raised to
+    first, last = logs.iloc[0], logs.iloc[-1]  # measured from the modified model's own start
+    assert row.gain_paraphrase_mem == pytest.approx(last.logprob_paraphrase_mem - first.logprob_paraphrase_mem)
+    unmodified = evaluator(tokenizer, setup)(model, 0, with_retention=False)["logprob_paraphrase_mem"]
+    assert first.logprob_paraphrase_mem != pytest.approx(unmodified, abs=1e-6)
