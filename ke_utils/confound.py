@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from .batching import text_batches
@@ -70,17 +71,17 @@ def protocol_experiment(checkpoints: Sequence[Checkpoint], setup: KnowledgeSetup
     = peak / own. ``resumed`` is skipped, with a message, for checkpoints without optimizer state."""
     lr_of = lr_of or own_lr
     results, logs = [], []
-    for protocol in protocols:
-        for ckpt in checkpoints:
-            if protocol == "resumed" and not _has_optimizer_state(ckpt):
-                print(f"protocol 'resumed' skipped for {ckpt.name}: no optimizer state saved with the checkpoint")
-                continue
-            lr = lr_of(ckpt)
-            config = dataclasses.replace(train_config, protocol=protocol, own_lr=lr)
-            result, log = stage_experiment([ckpt], setup, stream_config, config, seeds, eval_every, device, progress)
-            peak = train_config.lr if protocol == "study" else lr
-            results.append(result.assign(protocol=protocol, own_lr=lr, peak_lr=peak, lr_jump=peak / lr))
-            logs.append(log.assign(protocol=protocol))
+    runs = [(p, c) for p in protocols for c in checkpoints]
+    for protocol, ckpt in tqdm(runs, desc="protocols x checkpoints", disable=not progress):
+        if protocol == "resumed" and not _has_optimizer_state(ckpt):
+            print(f"protocol 'resumed' skipped for {ckpt.name}: no optimizer state saved with the checkpoint")
+            continue
+        lr = lr_of(ckpt)
+        config = dataclasses.replace(train_config, protocol=protocol, own_lr=lr)
+        result, log = stage_experiment([ckpt], setup, stream_config, config, seeds, eval_every, device, progress=False)
+        peak = train_config.lr if protocol == "study" else lr
+        results.append(result.assign(protocol=protocol, own_lr=lr, peak_lr=peak, lr_jump=peak / lr))
+        logs.append(log.assign(protocol=protocol))
     return pd.concat(results, ignore_index=True), pd.concat(logs, ignore_index=True)
 
 
@@ -161,3 +162,39 @@ def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, strea
         logs.append(log.assign(checkpoint=late.step, seed=seed, protocol="study"))
     return (pd.DataFrame(results).assign(label="reactivated"),
             pd.concat(logs, ignore_index=True).assign(label="reactivated"), report)
+
+
+MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest on: nats, beyond the controls' gain
+
+
+def verdicts(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> dict[str, bool]:
+    """Claims about the first ("early") and last ("late") stage of ``results`` (rows of
+    :func:`protocol_experiment` with ``label`` = protocol, plus :func:`causal_test`'s), each
+    mapped to whether this run shows it; differences within ``min_gain_diff`` (nats of gain
+    beyond control) or ``min_f_diff`` (forgetting) count as none. Means over seeds."""
+    mean = results.groupby(["label", "step"])[[MEASURE, "forgetting"]].mean()
+    early, late = results["step"].min(), results["step"].max()
+    out = {}
+    for protocol in ("study", "matched", "resumed"):
+        if (protocol, early) not in mean.index or (protocol, late) not in mean.index:
+            continue
+        e, l = mean.loc[(protocol, early)], mean.loc[(protocol, late)]
+        less = e[MEASURE] - l[MEASURE] > min_gain_diff
+        more = l["forgetting"] - e["forgetting"] > min_f_diff
+        out[f"'{protocol}': the late checkpoint acquires less (gain beyond control lower by > {min_gain_diff} nats)"] = less
+        out[f"'{protocol}': the late checkpoint forgets more (F higher by > {min_f_diff})"] = more
+        out[f"'{protocol}': finding 2 holds (the late checkpoint acquires less AND forgets more)"] = less and more
+    if ("reactivated", late) in mean.index and ("study", late) in mean.index:
+        e, l, r = mean.loc[("study", early)], mean.loc[("study", late)], mean.loc[("reactivated", late)]
+        for column, name, tolerance in ((MEASURE, "acquisition", min_gain_diff), ("forgetting", "forgetting", min_f_diff)):
+            closer = abs(r[column] - e[column]) < abs(l[column] - e[column]) - tolerance
+            out[f"raising the late checkpoint's KE to the early one's moves its {name} toward the early one's "
+                f"(under 'study', by > {tolerance})"] = closer
+    return out
+
+
+def key_numbers(results: pd.DataFrame) -> dict[str, float]:
+    """Gain beyond control and forgetting per label and stage (means over seeds), flat."""
+    mean = results.groupby(["label", "step"])[[MEASURE, "forgetting"]].mean()
+    return {f"{column}_{label}_{step}": float(value) for (label, step), row in mean.iterrows()
+            for column, value in (("gain_bc", row[MEASURE]), ("F", row["forgetting"]))}

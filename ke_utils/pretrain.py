@@ -76,6 +76,8 @@ FAMILIES: dict[str, FamilyConfig] = {
     # whole run): its checkpoints sit at different learning rates, as the study's did.
     "decayed": FamilyConfig(schedule="cosine"),
 }
+# The families the notebooks use by default (built before they run by the main job and the tests).
+NOTEBOOK_FAMILIES = ("overtrained", "decayed")
 
 
 def family_config(name_or_config: str | FamilyConfig) -> FamilyConfig:

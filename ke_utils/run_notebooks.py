@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .pretrain import builtin_family
+from .pretrain import NOTEBOOK_FAMILIES, builtin_family
 from .report import MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     paths = sorted(p for p in args.notebooks.glob("*.ipynb") if not args.only or args.only in p.name)
     if not paths:
         raise SystemExit(f"no notebooks in {args.notebooks}")
-    builtin_family()
+    for name in NOTEBOOK_FAMILIES:
+        builtin_family(name)
     run(paths, args.out)
     print(f"\nexecuted {len(paths)} notebook(s); results in {args.out}")
 

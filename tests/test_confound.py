@@ -14,6 +14,8 @@ from transformers import AutoTokenizer
 from helpers import MINI
 from ke_utils.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
+from ke_utils.confound import key_numbers as confound_key_numbers
+from ke_utils.confound import verdicts as confound_verdicts
 from ke_utils.confound import (causal_test, cosine_lr, match_knowledge_entropy, olmo_1b_lr, own_lr, protocol_experiment,
                                variance_explained)
 from ke_utils.continual import TrainConfig
@@ -119,3 +121,25 @@ def test_causal_test_trains_the_reactivated_late_checkpoint(family):
     assert row.gain_paraphrase_mem == pytest.approx(last.logprob_paraphrase_mem - first.logprob_paraphrase_mem)
     unmodified = evaluator(tokenizer, setup)(model, 0, with_retention=False)["logprob_paraphrase_mem"]
     assert first.logprob_paraphrase_mem != pytest.approx(unmodified, abs=1e-6)
+
+
+def test_verdicts_from_hand_made_results():
+    rows = [("study", 300, 0.60, 0.50), ("study", 1200, 0.40, 0.60), ("matched", 300, 0.50, 0.30),
+            ("matched", 1200, 0.48, 0.10), ("reactivated", 1200, 0.55, 0.62)]
+    frame = pd.DataFrame(rows, columns=["label", "step", "gain_beyond_control_paraphrase_mem", "forgetting"])
+    v = confound_verdicts(frame, 0.05, 0.03)
+
+    def claim(start: str) -> bool:
+        (value,) = [x for k, x in v.items() if k.startswith(start)]
+        return value
+
+    assert claim("'study': the late checkpoint acquires less") and claim("'study': the late checkpoint forgets more")
+    assert claim("'study': finding 2 holds")
+    assert not claim("'matched': the late checkpoint acquires less")  # 0.02 < 0.05: no difference
+    assert not claim("'matched': the late checkpoint forgets more")  # it forgets less
+    assert not claim("'matched': finding 2 holds")
+    moved = [x for k, x in v.items() if k.startswith("raising")]
+    assert moved == [True, False]  # gain 0.55 is near 0.60 (from 0.40); F 0.62 is not nearer 0.50 than 0.60
+    assert not any("resumed" in k for k in v)  # not run: no claim
+    numbers = confound_key_numbers(frame)
+    assert numbers["gain_bc_study_1200"] == 0.40 and numbers["F_reactivated_1200"] == 0.62
