@@ -1,7 +1,7 @@
 """ke_utils: measure, watch and change the knowledge entropy of language models.
 
 Knowledge entropy (Kim et al., 2024) is the entropy of how a model spreads its use of the
-feed-forward memory vectors over a dataset; see DESIGN.md and notebooks/01.
+feed-forward memory vectors over a dataset; see docs/method.md and notebooks/01.
 """
 
 from .batching import length_bucketed_batches, pad_batch, tokenize_documents

@@ -1,4 +1,4 @@
-"""Knowledge entropy (Kim et al., 2024; DESIGN.md section 2).
+"""Knowledge entropy (Kim et al., 2024; docs/method.md section 2).
 
 For a dataset and each layer l: ``a_l[j]`` = mean ``|c_l[t, j]|`` over tokens, ``p_l = a_l / sum(a_l)``,
 ``H_l = -sum_j p_l[j] ln p_l[j]`` (nats) and ``KE = sum_l H_l``.

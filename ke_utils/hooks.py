@@ -1,7 +1,7 @@
 """Find the feed-forward coefficient ``c`` of every layer and accumulate ``|c|`` without storing it.
 
 The coefficient of memory vector j is exactly the *input* of the MLP's output projection
-(DESIGN.md section 2), so one forward pre-hook per layer on that module sees ``c`` with shape
+(docs/method.md section 2), so one forward pre-hook per layer on that module sees ``c`` with shape
 ``[batch, seq, d_ff]`` for any architecture, without forking modeling code.
 """
 

@@ -1,4 +1,4 @@
-"""Reactivation (the study's "resuscitation", DESIGN.md section 4): scale up the least-used memory
+"""Reactivation (the study's "resuscitation", docs/method.md section 4): scale up the least-used memory
 neurons of every layer so that the model spreads its use of them more evenly.
 
 For layer l with coefficient means ``a_l`` (``[d_ff]``, from :func:`coefficient_means`), the
@@ -136,7 +136,7 @@ def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: floa
     ratio: p in [0, 1], the fraction of neurons per layer. factor: q > 0.
     select: ``"least"`` (the study), or the controls ``"random"`` / ``"most"`` (same factors).
     inplace: modify ``model`` itself rather than a deep copy. layers: only these layers.
-    The ``round(ratio * d_ff)`` lowest neurons are taken (ties by index): DESIGN.md's
+    The ``round(ratio * d_ff)`` lowest neurons are taken (ties by index): docs/method.md's
     ``a_l[j] <= quantile(a_l, p)`` up to ties, and the same count for the controls.
     Neurons never used (``a_l[j] = 0``) cannot be lifted by scaling and are not selected.
     Returns ``(model, report)``.

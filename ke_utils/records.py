@@ -1,4 +1,4 @@
-"""Fictional-knowledge records (Chang et al., 2024; DESIGN.md section 3): one loader for the
+"""Fictional-knowledge records (Chang et al., 2024; docs/method.md section 3): one loader for the
 generated records and the original dataset's JSON files, which share the schema."""
 
 from __future__ import annotations

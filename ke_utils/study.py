@@ -1,5 +1,5 @@
 """What the study (Kim et al., 2024, arXiv 2410.01380) reported, in one place, so that notebooks
-state the paper's claim next to our measurement (DESIGN.md sections 2-4)."""
+state the paper's claim next to our measurement (docs/method.md sections 2-4)."""
 
 # OLMo-1B (16 layers, d_ff 8192): knowledge entropy falls from about 144.0 to 143.6 nats over
 # pretraining (maximum 16 ln 8192 = 144.17); normalised about 0.999 to 0.996.

@@ -2,7 +2,7 @@
 
 Deterministic from ``WorldConfig.seed``. It yields the pretraining corpus (about ``world.people``),
 fictional-knowledge records about held-out people never mentioned in pretraining (the schema of
-DESIGN.md section 3), background text that mentions no person, and retention probes.
+docs/method.md section 3), background text that mentions no person, and retention probes.
 
 Every fact sentence ends with its value, and the text before a value is unique to its attribute,
 so a probe (the sentence cut before the value) determines its target.
@@ -220,7 +220,7 @@ def _paragraph(person: Person, rng: random.Random) -> tuple[str, dict[str, int]]
 
 
 def knowledge_record(world: World, person: Person, seed: int) -> dict:
-    """One fictional-knowledge record (DESIGN.md section 3) about a held-out ``person``."""
+    """One fictional-knowledge record (docs/method.md section 3) about a held-out ``person``."""
     rng = random.Random(seed)
     context, wordings = _paragraph(person, rng)
     paraphrases: list[str] = []
