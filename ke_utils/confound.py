@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ from .continual import TrainConfig
 from .entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
 from .experiments import stage_experiment, train_and_evaluate
 from .outcomes import outcome
-from .pretrain import checkpoint_state
+from .pretrain import checkpoint_state, has_training_state
 from .reactivation import Reactivation, reactivate
 from .setups import KnowledgeSetup
 from .stream import StreamConfig
@@ -73,7 +72,7 @@ def protocol_experiment(checkpoints: Sequence[Checkpoint], setup: KnowledgeSetup
     results, logs = [], []
     runs = [(p, c) for p in protocols for c in checkpoints]
     for protocol, ckpt in tqdm(runs, desc="protocols x checkpoints", disable=not progress):
-        if protocol == "resumed" and not _has_optimizer_state(ckpt):
+        if protocol == "resumed" and not has_training_state(ckpt):
             print(f"protocol 'resumed' skipped for {ckpt.name}: no optimizer state saved with the checkpoint")
             continue
         lr = lr_of(ckpt)
@@ -83,10 +82,6 @@ def protocol_experiment(checkpoints: Sequence[Checkpoint], setup: KnowledgeSetup
         results.append(result.assign(protocol=protocol, own_lr=lr, peak_lr=peak, lr_jump=peak / lr))
         logs.append(log.assign(protocol=protocol))
     return pd.concat(results, ignore_index=True), pd.concat(logs, ignore_index=True)
-
-
-def _has_optimizer_state(checkpoint: Checkpoint) -> bool:
-    return checkpoint.revision is None and (Path(checkpoint.path) / "optimizer.pt").exists()
 
 
 def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: float = 0.5,

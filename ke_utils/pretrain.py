@@ -170,12 +170,17 @@ def checkpoint_state(checkpoint: Checkpoint) -> dict:
     return json.loads(path.read_text())
 
 
+def has_training_state(checkpoint: Checkpoint) -> bool:
+    """Whether a checkpoint is a local folder that kept its optimizer state (``optimizer.pt``)."""
+    return checkpoint.revision is None and (Path(checkpoint.path) / "optimizer.pt").exists()
+
+
 def load_training_state(checkpoint: Checkpoint, opt, sched=None, gen: torch.Generator | None = None) -> None:
     """Load a built-in checkpoint's AdamW state into ``opt`` (built for the same model with
     :func:`~ke_utils.training.optimizer`), and optionally its scheduler and data-order generator
     (files read with ``weights_only=True``)."""
     folder = Path(checkpoint.path)
-    if not (folder / "optimizer.pt").exists():
+    if not has_training_state(checkpoint):
         raise FileNotFoundError(f"{checkpoint.name} has no optimizer.pt: its optimizer state was not kept")
     opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     if sched is not None:
