@@ -31,7 +31,9 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
       ``gain_*`` (K after - K before, nats): measures that do not depend on the start;
     - ``gain_beyond_control_*``: the gain minus the gain of the same kind of probe on *control*
       people, who are never injected (when the log has them): what was learned about the injected
-      people, not about the format or the values.
+      people, not about the format or the values (a difference in differences: it also removes
+      any gap between the two sets of people that was there before training);
+    - ``logprob_after_beyond_control_*``: K after minus the controls' K after (that gap, at the end).
 
     Also ``retention``, ``forgetting`` and ``heldout_loss_change``.
     """
@@ -48,7 +50,21 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
         control = f"gain_control_{name.split('_', 1)[1]}"
         if control in out:
             out[f"gain_beyond_control_{name}"] = out[f"gain_{name}"] - out[control]
+            out[f"logprob_after_beyond_control_{name}"] = (out[f"logprob_after_{name}"]
+                                                           - out[f"logprob_after_control_{name.split('_', 1)[1]}"])
     out["retention"] = retention(before["retention_score"], after["retention_score"])
     out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
     out["heldout_loss_change"] = after["heldout_loss"] - before["heldout_loss"]
     return out
+
+
+def late_gain(logs: pd.DataFrame, column: str, by: str | list[str], fraction: float = 1 / 3) -> pd.Series:
+    """How much ``column`` rose over the last ``fraction`` of each run of ``logs`` (evaluation
+    logs with a ``step`` column; runs told apart by ``by``, means over any other rows of a step).
+    Near 0 for every run means the runs had converged before they ended, and nothing measured at
+    the end can separate them."""
+    end = logs["step"].max()
+    start = end - fraction * end - 1e-9  # (1 - 1/3) * 9 is 6.000000000000001 in floating point
+    curve = logs[logs["step"] >= start].groupby([*([by] if isinstance(by, str) else by), "step"])[column].mean()
+    ends = curve.groupby(level=list(range(curve.index.nlevels - 1)))
+    return ends.last() - ends.first()

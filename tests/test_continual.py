@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from helpers import MINI
 from ke_utils import pretrain
 from ke_utils.continual import TrainConfig, continue_training, optimizer_and_schedule
-from ke_utils.outcomes import acquisition, forgetting, outcome, retention
+from ke_utils.outcomes import acquisition, forgetting, late_gain, outcome, retention
 from ke_utils.pretrain import EOS, FamilyConfig, builtin_family, make_model, train_tokenizer
 from ke_utils.stream import StreamConfig, build_stream, injection_schedule, wording
 
@@ -165,6 +165,16 @@ def test_gain_beyond_control():
     out = outcome(log)
     assert out["gain_paraphrase_mem"] == pytest.approx(4.0) and out["gain_control_mem"] == pytest.approx(1.5)
     assert out["gain_beyond_control_paraphrase_mem"] == pytest.approx(2.5)
+    assert out["logprob_after_beyond_control_paraphrase_mem"] == pytest.approx(3.0)  # -2 - (-5)
     assert out["logprob_after_paraphrase_mem"] == -2.0 and out["exact_paraphrase_mem"] == 0.5
     assert out["acquisition_paraphrase_mem"] == pytest.approx(4.0 / 6.0)
     assert "gain_beyond_control_control_mem" not in out
+
+
+def test_late_gain_is_the_rise_over_the_last_third_of_each_run():
+    steps = [0, 3, 6, 9]
+    logs = pd.DataFrame({"step": steps * 3, "run": ["a"] * 4 + ["b"] * 8, "seed": [0] * 8 + [1] * 4,
+                         "k": [-6, -3, -2.5, -2.0] + [-6, -2, -2, -2] + [-6, -2, -1.0, -1.5]})
+    gain = late_gain(logs, "k", by="run")  # last third: steps 6 and 9; "b" averages its two seeds
+    assert gain["a"] == pytest.approx(0.5) and gain["b"] == pytest.approx(-0.25)
+    assert late_gain(logs, "k", by=["run", "seed"]).loc[("b", 1)] == pytest.approx(-0.5)

@@ -56,6 +56,7 @@ def test_outcome_from_a_hand_made_log():
         "acquisition_control_mem": 0.1,  # (-4.5 - -5) / |-5|
         "logprob_after_control_mem": -4.5, "exact_control_mem": 0.0, "gain_control_mem": 0.5,
         "gain_beyond_control_paraphrase_mem": 0.5,  # 1.0 - 0.5
+        "logprob_after_beyond_control_paraphrase_mem": 1.5,  # -3.0 - -4.5
         "retention": 0.75, "forgetting": 0.25,  # 0.6 / 0.8
         "heldout_loss_change": 0.5,
     })
