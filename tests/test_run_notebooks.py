@@ -1,0 +1,50 @@
+"""The main job's notebook runner: parameters set the way papermill sets them, key numbers read
+back from the executed notebook."""
+
+from __future__ import annotations
+
+import argparse
+
+import nbformat
+import pytest
+
+from ke_utils.run_notebooks import inject_parameters, parse_parameter, run
+
+
+def notebook(tagged: bool = True):
+    cells = [nbformat.v4.new_markdown_cell("# tiny"),
+             nbformat.v4.new_code_cell("FULL = False\nSEEDS = [0]", metadata={"tags": ["parameters"] if tagged else []}),
+             nbformat.v4.new_code_cell("from ke_utils import report\n"
+                                       "report.key_numbers('tiny', full=FULL, seeds=len(SEEDS))")]
+    return nbformat.v4.new_notebook(cells=cells)
+
+
+def test_parse_parameter():
+    assert parse_parameter("FULL=True") == ("FULL", True)
+    assert parse_parameter("SEEDS=[0, 1]") == ("SEEDS", [0, 1])
+    assert parse_parameter("SUBJECT=builtin:decayed") == ("SUBJECT", "builtin:decayed")  # a bare word is a string
+    for bad in ("FULL", "1x=3", "=3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_parameter(bad)
+
+
+def test_parameters_are_injected_after_the_parameters_cell():
+    nb = notebook()
+    inject_parameters(nb, {"FULL": True, "SEEDS": [0, 1]})
+    assert nb.cells[2].metadata["tags"] == ["injected-parameters"]
+    assert nb.cells[2].source == "FULL = True\nSEEDS = [0, 1]"
+    namespace = {}
+    for cell in nb.cells[1:3]:
+        exec(cell.source, namespace)
+    assert namespace["FULL"] is True and namespace["SEEDS"] == [0, 1]
+    with pytest.raises(ValueError, match="no cell tagged 'parameters'"):
+        inject_parameters(notebook(tagged=False), {"FULL": True})
+
+
+def test_run_executes_with_the_parameters_and_reads_the_key_numbers(tmp_path):
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(notebook(), path)
+    (summary,) = run([path], tmp_path / "out", timeout=120, parameters={"SEEDS": [0, 1, 2]})
+    assert summary["numbers"] == [{"notebook": "tiny", "full": False, "seeds": 3}]
+    assert summary["seconds"] > 0 and summary["peak_kernel_mb"] > 10
+    assert (tmp_path / "out" / "tiny.ipynb").exists()
