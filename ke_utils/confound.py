@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from .batching import text_batches
+from .checkpoint_sweep import sweep
 from .checkpoints import Checkpoint, load_checkpoint
 from .continual import TrainConfig
 from .entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
@@ -32,7 +33,9 @@ from .outcomes import outcome
 from .pretrain import checkpoint_state, has_training_state
 from .reactivation import Reactivation, reactivate
 from .setups import KnowledgeSetup
+from .stats import mean_interval
 from .stream import StreamConfig
+from .subjects import Subject
 
 # OLMo-1B's pretraining schedule (allenai/OLMo configs/official/OLMo-1B.yaml): linear warmup over
 # 2,000 steps to 4e-4, then cosine to 0.1 x at the end of the run (about 739k steps).
@@ -135,28 +138,117 @@ def variance_explained(frame: pd.DataFrame, outcome: str,
 
 def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, stream_config: StreamConfig,
                 train_config: TrainConfig, texts: Sequence[str], seeds: Sequence[int] = (0,), eval_every: int = 0,
-                device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame, Reactivation]:
+                random_control: bool = False, device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame, Reactivation]:
     """Raise ``late``'s knowledge entropy on ``texts`` to ``target_ke`` (nats; e.g. an earlier
     checkpoint's) with :func:`match_knowledge_entropy`, then train the modified model as
     :func:`protocol_experiment` trains the checkpoints under ``study`` (the only protocol that
-    needs no optimizer state of the model's own). Returns ``(results, logs, report)``: rows with
+    needs no optimizer state of the model's own). ``random_control``: also train the control with
+    the same factor on as many randomly chosen neurons (per seed), which changes the weights as
+    much without aiming at the least-used neurons. Returns ``(results, logs, report)``: rows with
     :func:`~ke_utils.outcomes.outcome`, the learning rates of ``late``, ``normalized`` (the KE
-    reached, normalised) and ``label="reactivated"``."""
+    reached, normalised) and ``label`` (``"reactivated"``, ``"random neurons"``)."""
     tokenizer = AutoTokenizer.from_pretrained(late.path, revision=late.revision)
     model = load_checkpoint(late, device=device)
-    modified, report, ke = match_knowledge_entropy(model, text_batches(tokenizer, texts), target_ke)
-    del model
+    batches = text_batches(tokenizer, texts)
+    modified, report, ke = match_knowledge_entropy(model, batches, target_ke)
+    means = coefficient_means(model, batches) if random_control else None
     lr = own_lr(late)
     results, logs = [], []
     for seed in seeds:
-        trained = copy.deepcopy(modified)
-        log = train_and_evaluate(trained, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
-                                 dataclasses.replace(train_config, protocol="study", seed=seed), eval_every)
-        results.append({"step": late.step, "seed": seed, **outcome(log), "protocol": "study", "own_lr": lr,
-                        "peak_lr": train_config.lr, "lr_jump": train_config.lr / lr, "normalized": ke.normalized})
-        logs.append(log.assign(checkpoint=late.step, seed=seed, protocol="study"))
-    return (pd.DataFrame(results).assign(label="reactivated"),
-            pd.concat(logs, ignore_index=True).assign(label="reactivated"), report)
+        variants = {"reactivated": (copy.deepcopy(modified), ke)}
+        if random_control:
+            control, _ = reactivate(model, means, report.ratio, report.factor, "random", seed=seed)
+            variants["random neurons"] = (control, knowledge_entropy(coefficient_means(control, batches)))
+        for label, (trained, reached) in variants.items():
+            log = train_and_evaluate(trained, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
+                                     dataclasses.replace(train_config, protocol="study", seed=seed), eval_every)
+            results.append({"step": late.step, "seed": seed, **outcome(log), "protocol": "study", "own_lr": lr,
+                            "peak_lr": train_config.lr, "lr_jump": train_config.lr / lr,
+                            "normalized": reached.normalized, "label": label})
+            logs.append(log.assign(checkpoint=late.step, seed=seed, protocol="study", label=label))
+    return pd.DataFrame(results), pd.concat(logs, ignore_index=True), report
+
+
+def pretraining_seeds(subject: str, seeds: Sequence[int]) -> list[str]:
+    """The names of a built-in family pretrained with each of ``seeds`` (``"builtin:decayed"`` ->
+    ``"builtin:decayed-seed1"``, ...; see :func:`~ke_utils.pretrain.family_config`). Any other
+    subject is one pretraining run: ``[subject]``, with a message if more seeds were asked for."""
+    if subject.startswith("builtin"):
+        family = subject.partition(":")[2] or "overtrained"
+        return [f"builtin:{family}-seed{seed}" for seed in seeds]
+    if list(seeds) != [0]:
+        print(f"{subject}: one pretraining run; PRETRAIN_SEEDS {list(seeds)} ignored")
+    return [subject]
+
+
+def stage_table(subjects: Sequence[Subject], lr_of: Callable[[Checkpoint], float] | None = None,
+                peak_lr: float | None = None) -> pd.DataFrame:
+    """Knowledge entropy (on each subject's texts) and pretraining learning rate of every checkpoint
+    of ``subjects``: columns ``subject, step, ke, normalized, lr`` and, given the study protocol's
+    ``peak_lr``, its ``study_jump`` = peak / own."""
+    frames = []
+    for subject in subjects:
+        frame = sweep(subject.checkpoints, subject.texts, progress=False)[["step", "ke", "normalized"]]
+        frames.append(frame.assign(subject=subject.name, lr=[(lr_of or own_lr)(c) for c in subject.checkpoints]))
+    table = pd.concat(frames, ignore_index=True)[["subject", "step", "ke", "normalized", "lr"]]
+    return table.assign(study_jump=peak_lr / table["lr"]) if peak_lr else table
+
+
+def confound_experiment(subjects: Sequence[Subject], setup: KnowledgeSetup, stream_config: StreamConfig,
+                        train_config: TrainConfig, protocols: Sequence[str] = ("study", "matched", "resumed"),
+                        seeds: Sequence[int] = (0,), contrasts: Sequence[Subject] = (),
+                        lr_of: Callable[[Checkpoint], float] | None = None, random_control: bool = False,
+                        eval_every: int = 0, device: str = "cpu",
+                        progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Reactivation]]:
+    """Notebook 05's runs, for each of ``subjects`` (pretraining seeds of one family, or one hub
+    model): :func:`protocol_experiment` from its checkpoints under ``protocols``, and the
+    :func:`causal_test` on its last checkpoint raised to its first one's knowledge entropy; for
+    each of ``contrasts`` (e.g. the constant-LR family, whose LR never jumps), ``study`` only.
+    ``random_control`` goes to :func:`causal_test`.
+    Every row has ``label`` (the protocol; ``"<contrast family> (study)"``; ``"reactivated"``,
+    ``"random neurons"``), ``subject``, ``pretrain_seed`` (its index in ``subjects``) and
+    ``normalized`` (the starting KE). Returns ``(results, logs, {subject: reactivation report})``."""
+    results, logs, lifts = [], [], {}
+    runs = [(s, i, False) for i, s in enumerate(subjects)] + [(s, i, True) for i, s in enumerate(contrasts)]
+    for subject, index, is_contrast in tqdm(runs, desc="pretraining runs", disable=not progress):
+        stages = stage_table([subject], lr_of)
+        result, log = protocol_experiment(subject.checkpoints, setup, stream_config, train_config,
+                                          ("study",) if is_contrast else protocols, seeds, lr_of, eval_every,
+                                          device, progress=False)
+        name = subject.family.rsplit("-seed", 1)[0] if subject.is_builtin else subject.name
+        label = (lambda p: f"{name} ({p})") if is_contrast else (lambda p: p)
+        result = result.merge(stages[["step", "normalized"]], on="step").assign(label=result["protocol"].map(label))
+        log = log.assign(label=log["protocol"].map(label))
+        if not is_contrast:
+            early, late = subject.checkpoints[0], subject.checkpoints[-1]
+            target = float(stages.loc[stages["step"] == early.step, "ke"].iloc[0])
+            causal, causal_log, lifts[subject.name] = causal_test(late, target, setup, stream_config, train_config,
+                                                                  subject.texts, seeds, eval_every, random_control, device)
+            result, log = pd.concat([result, causal], ignore_index=True), pd.concat([log, causal_log], ignore_index=True)
+        results.append(result.assign(subject=subject.name, pretrain_seed=index))
+        logs.append(log.assign(subject=subject.name, pretrain_seed=index))
+    return pd.concat(results, ignore_index=True), pd.concat(logs, ignore_index=True), lifts
+
+
+def stage_differences(results: pd.DataFrame, columns: Sequence[str] = ("gain_beyond_control_paraphrase_mem", "forgetting"),
+                      confidence: float = 0.95) -> pd.DataFrame:
+    """Late minus early stage (last and first ``step``) of each ``label`` of ``results`` (rows of
+    :func:`confound_experiment`), per pretraining seed (mean over data seeds), then the mean over
+    pretraining seeds with a Student-t interval (NaN bounds with one seed): one row per label and
+    column, with ``n`` pretraining seeds. Labels with one stage only (the causal test) are left out."""
+    early, late = results["step"].min(), results["step"].max()
+    rows = []
+    for label, group in results.groupby("label", sort=False):
+        per_seed = group.groupby(["pretrain_seed", "step"])[list(columns)].mean()
+        steps = per_seed.index.get_level_values("step")
+        if early not in steps or late not in steps:
+            continue
+        diff = per_seed.xs(late, level="step") - per_seed.xs(early, level="step")
+        for column in columns:
+            mean, low, high = mean_interval(diff[column].dropna(), confidence)
+            rows.append({"label": label, "measure": column, "late_minus_early": mean, "low": low, "high": high,
+                         "n": int(diff[column].notna().sum())})
+    return pd.DataFrame(rows)
 
 
 MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest on: nats, beyond the controls' gain
@@ -164,32 +256,40 @@ MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest o
 
 def verdicts(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> dict[str, bool]:
     """Claims about the first ("early") and last ("late") stage of ``results`` (rows of
-    :func:`protocol_experiment` with ``label`` = protocol, plus :func:`causal_test`'s), each
-    mapped to whether this run shows it; differences within ``min_gain_diff`` (nats of gain
-    beyond control) or ``min_f_diff`` (forgetting) count as none. Means over seeds."""
+    :func:`confound_experiment`), each mapped to whether this run shows it; differences within
+    ``min_gain_diff`` (nats of gain beyond control) or ``min_f_diff`` (forgetting) count as none.
+    Means over all seeds. Per protocol and contrast family: does the late checkpoint acquire less,
+    forget more, both (finding 2)? For the causal test: does raising the late checkpoint's KE move
+    it toward the early one (and does the random-neuron control, when it ran)?"""
     mean = results.groupby(["label", "step"])[[MEASURE, "forgetting"]].mean()
     early, late = results["step"].min(), results["step"].max()
+    causal = ("reactivated", "random neurons")
     out = {}
-    for protocol in ("study", "matched", "resumed"):
-        if (protocol, early) not in mean.index or (protocol, late) not in mean.index:
+    for label in [l for l in results["label"].unique() if l not in causal]:
+        if (label, early) not in mean.index or (label, late) not in mean.index:
             continue
-        e, l = mean.loc[(protocol, early)], mean.loc[(protocol, late)]
+        e, l = mean.loc[(label, early)], mean.loc[(label, late)]
         less = e[MEASURE] - l[MEASURE] > min_gain_diff
         more = l["forgetting"] - e["forgetting"] > min_f_diff
-        out[f"'{protocol}': the late checkpoint acquires less (gain beyond control lower by > {min_gain_diff} nats)"] = less
-        out[f"'{protocol}': the late checkpoint forgets more (F higher by > {min_f_diff})"] = more
-        out[f"'{protocol}': finding 2 holds (the late checkpoint acquires less AND forgets more)"] = less and more
-    if ("reactivated", late) in mean.index and ("study", late) in mean.index:
-        e, l, r = mean.loc[("study", early)], mean.loc[("study", late)], mean.loc[("reactivated", late)]
-        for column, name, tolerance in ((MEASURE, "acquisition", min_gain_diff), ("forgetting", "forgetting", min_f_diff)):
+        out[f"'{label}': the late checkpoint acquires less (gain beyond control lower by > {min_gain_diff} nats)"] = less
+        out[f"'{label}': the late checkpoint forgets more (F higher by > {min_f_diff})"] = more
+        out[f"'{label}': finding 2 holds (the late checkpoint acquires less AND forgets more)"] = less and more
+    for name, label in (("raising the late checkpoint's KE to the early one's", "reactivated"),
+                        ("the same factor on random neurons (control)", "random neurons")):
+        if (label, late) not in mean.index or ("study", late) not in mean.index:
+            continue
+        e, l, r = mean.loc[("study", early)], mean.loc[("study", late)], mean.loc[(label, late)]
+        for column, what, tolerance in ((MEASURE, "acquisition", min_gain_diff), ("forgetting", "forgetting", min_f_diff)):
             closer = abs(r[column] - e[column]) < abs(l[column] - e[column]) - tolerance
-            out[f"raising the late checkpoint's KE to the early one's moves its {name} toward the early one's "
-                f"(under 'study', by > {tolerance})"] = closer
+            out[f"{name} moves its {what} toward the early one's (under 'study', by > {tolerance})"] = closer
     return out
 
 
 def key_numbers(results: pd.DataFrame) -> dict[str, float]:
     """Gain beyond control and forgetting per label and stage (means over seeds), flat."""
     mean = results.groupby(["label", "step"])[[MEASURE, "forgetting"]].mean()
-    return {f"{column}_{label}_{step}": float(value) for (label, step), row in mean.iterrows()
+    def name(label: str) -> str:  # "overtrained (study)" -> "overtrained_study"
+        return "_".join(label.replace("(", " ").replace(")", " ").split())
+
+    return {f"{column}_{name(label)}_{step}": float(value) for (label, step), row in mean.iterrows()
             for column, value in (("gain_bc", row[MEASURE]), ("F", row["forgetting"]))}

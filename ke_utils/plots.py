@@ -223,9 +223,9 @@ def plot_ke_and_lr(families: dict[str, pd.DataFrame], axes=None):
 
 
 def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=None):
-    """Each ``column`` per starting checkpoint (x: its step), one line per ``protocol`` (mean over
-    seeds, the spread as error bars when there are several), plus any extra ``label`` rows (e.g. a
-    reactivated checkpoint) as stars."""
+    """Each ``column`` per starting checkpoint (x: its step), one line per ``label`` (mean over
+    seeds, the spread as error bars when there are several): solid for the protocols, dashed for
+    other families; labels with one stage (e.g. a reactivated checkpoint) as stars."""
     if axes is None:
         fig, axes = plt.subplots(1, len(columns), figsize=(4.4 * len(columns), 3.8), squeeze=False)
         axes = axes[0]
@@ -233,10 +233,10 @@ def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=
     for ax, (column, label) in zip(axes, columns.items()):
         for name, rows in results.groupby("label", sort=False):
             stats = rows.groupby("step")[column].agg(["mean", "std"]).reset_index()
-            protocol = rows["protocol"].iloc[0]
-            ax.errorbar(stats["step"], stats["mean"], yerr=stats["std"].fillna(0), capsize=3, label=name,
-                        marker=PROTOCOL_MARKERS.get(protocol, "*") if name == protocol else "*",
-                        markersize=7 if name == protocol else 13, linestyle="-" if len(stats) > 1 else "none")
+            protocol, line = rows["protocol"].iloc[0], len(stats) > 1
+            marker = PROTOCOL_MARKERS.get(protocol, "*") if name == protocol else ("s" if line else "*")
+            ax.errorbar(stats["step"], stats["mean"], yerr=stats["std"].fillna(0), capsize=3, label=name, marker=marker,
+                        markersize=7 if line else 13, linestyle=("-" if name == protocol else "--") if line else "none")
         ax.set_xlabel("starting checkpoint (step)")
         ax.set_title(label, fontsize=10)
     axes[0].legend(fontsize=8)

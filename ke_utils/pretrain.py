@@ -81,11 +81,17 @@ NOTEBOOK_FAMILIES = ("overtrained", "decayed")
 
 
 def family_config(name_or_config: str | FamilyConfig) -> FamilyConfig:
+    """A family's configuration from its name in ``FAMILIES``; ``"<name>-seed<N>"`` is the same
+    family pretrained with seed N (initialisation and data order; the world, and so the facts and
+    probes, stay the same). ``"<name>-seed0"`` is ``"<name>"``."""
     if isinstance(name_or_config, FamilyConfig):
         return name_or_config
-    if name_or_config not in FAMILIES:
-        raise ValueError(f"unknown built-in family {name_or_config!r}; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[name_or_config]
+    seeded = "-seed" in name_or_config
+    name, _, seed = name_or_config.rpartition("-seed") if seeded else (name_or_config, "", "")
+    if name not in FAMILIES or (seeded and not seed.isdigit()):
+        raise ValueError(f"unknown built-in family {name_or_config!r}; choose one of {sorted(FAMILIES)}, "
+                         "optionally with a pretraining seed, e.g. 'decayed-seed1'")
+    return dataclasses.replace(FAMILIES[name], seed=int(seed)) if seed else FAMILIES[name]
 
 
 def family_dir(config: FamilyConfig, root: Path | None = None) -> Path:
@@ -305,10 +311,14 @@ def family_info(name_or_config: str | FamilyConfig = "overtrained", root: Path |
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="overtrained", choices=sorted(FAMILIES))
+    parser.add_argument("--family", default="overtrained",
+                        help=f"one of {sorted(FAMILIES)}, optionally with a pretraining seed: 'decayed-seed1'")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = parser.parse_args(argv)
-    config = FAMILIES[args.family]
+    try:
+        config = family_config(args.family)
+    except ValueError as error:
+        parser.error(str(error))
     if args.force or not _is_built(family_dir(config)):
         build_family(config)
     checkpoints = builtin_family(config)

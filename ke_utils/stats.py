@@ -84,3 +84,14 @@ def mean_and_spread(frame: pd.DataFrame, by: str, columns: Sequence[str]) -> pd.
     grouped = frame.groupby(by, sort=False)[list(columns)]
     spread = grouped.std(ddof=1).fillna(0.0).add_suffix("_std")
     return grouped.mean().join(spread).reset_index()
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` (independent runs, e.g. one per pretraining
+    seed) with a Student-t confidence interval; NaN bounds with fewer than two values."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half

@@ -12,12 +12,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from helpers import MINI
+from ke_utils import confound
 from ke_utils.batching import text_batches
+from ke_utils.checkpoint_sweep import sweep
 from ke_utils.checkpoints import load_checkpoint
 from ke_utils.confound import key_numbers as confound_key_numbers
 from ke_utils.confound import verdicts as confound_verdicts
-from ke_utils.confound import (causal_test, cosine_lr, match_knowledge_entropy, olmo_1b_lr, own_lr, protocol_experiment,
-                               variance_explained)
+from ke_utils.confound import (causal_test, confound_experiment, cosine_lr, match_knowledge_entropy, olmo_1b_lr,
+                               own_lr, protocol_experiment,
+                               stage_differences, variance_explained)
 from ke_utils.continual import TrainConfig
 from ke_utils.entropy import coefficient_means, knowledge_entropy
 from ke_utils.evaluation import evaluator
@@ -25,6 +28,7 @@ from ke_utils.pretrain import builtin_family, builtin_texts
 from ke_utils.reactivation import reactivate
 from ke_utils.setups import builtin_setup
 from ke_utils.stream import StreamConfig
+from ke_utils.subjects import Subject
 
 COSINE = dataclasses.replace(MINI, schedule="cosine")
 
@@ -113,19 +117,75 @@ def test_causal_test_trains_the_reactivated_late_checkpoint(family):
     means = coefficient_means(model, batches)
     target = sum(knowledge_entropy(coefficient_means(reactivate(model, means, 0.5, q)[0], batches)).total
                  for q in (0.05, 1.0)) / 2
-    results, logs, report = causal_test(ckpts[-1], target, setup, stream, TrainConfig(lr=3e-3, warmup=1), texts)
+    results, logs, report = causal_test(ckpts[-1], target, setup, stream, TrainConfig(lr=3e-3, warmup=1), texts,
+                                        random_control=True)
+    assert results["label"].tolist() == ["reactivated", "random neurons"]
     row = results.iloc[0]
     assert row.label == "reactivated" and row.step == 6 and row.lr_jump == pytest.approx(3e-3 / own_lr(ckpts[-1]))
     assert row.normalized * 2 * math.log(32) == pytest.approx(target, abs=1e-3)  # the KE it was raised to
-    first, last = logs.iloc[0], logs.iloc[-1]  # measured from the modified model's own start
+    first, last = logs[logs.label == "reactivated"].iloc[0], logs[logs.label == "reactivated"].iloc[-1]
     assert row.gain_paraphrase_mem == pytest.approx(last.logprob_paraphrase_mem - first.logprob_paraphrase_mem)
     unmodified = evaluator(tokenizer, setup)(model, 0, with_retention=False)["logprob_paraphrase_mem"]
     assert first.logprob_paraphrase_mem != pytest.approx(unmodified, abs=1e-6)
+    # the control: the same factor on random neurons, its own KE measured (not the target)
+    control, _ = reactivate(model, means, report.ratio, report.factor, "random", seed=0)
+    expected = knowledge_entropy(coefficient_means(control, batches)).normalized
+    assert results.iloc[1].normalized == pytest.approx(expected, abs=1e-9) and expected != pytest.approx(row.normalized)
+    start = logs[logs.label == "random neurons"].iloc[0]
+    assert start.logprob_paraphrase_mem == pytest.approx(
+        evaluator(tokenizer, setup)(control, 0, with_retention=False)["logprob_paraphrase_mem"], abs=1e-6)
+
+
+def test_confound_experiment_runs_every_protocol_contrast_and_the_causal_test(family, tmp_path, monkeypatch):
+    ckpts, root = family
+    constant = builtin_family(MINI, root=tmp_path, progress=False)
+    texts = builtin_texts("heldout", 10, COSINE, root)
+    subjects = [Subject("builtin:mini", [ckpts[1], ckpts[-1]], texts, "mini")]
+    contrasts = [Subject("builtin:flat-seed0", [constant[1], constant[-1]], texts, "flat-seed0")]
+    setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=32, max_injected_rows=2)
+    calls = []
+
+    def fake_causal_test(late, target, *args):  # the mini family's early KE is out of reactivation's reach
+        calls.append((late.step, target))
+        return pd.DataFrame([{"step": late.step, "label": "reactivated"}]), pd.DataFrame([{"label": "reactivated"}]), "lift"
+
+    monkeypatch.setattr(confound, "causal_test", fake_causal_test)
+    results, logs, lifts = confound_experiment(subjects, setup, stream, TrainConfig(lr=3e-3, warmup=1),
+                                               ("study", "matched"), contrasts=contrasts, progress=False)
+    assert list(zip(results.label, results.step)) == [("study", 3), ("study", 6), ("matched", 3), ("matched", 6),
+                                                      ("reactivated", 6), ("flat (study)", 3), ("flat (study)", 6)]
+    assert lifts == {"builtin:mini": "lift"} and results["pretrain_seed"].tolist() == [0] * 7
+    ke = sweep(subjects[0].checkpoints, texts, progress=False).set_index("step")
+    assert calls == [(6, pytest.approx(ke.loc[3, "ke"], abs=1e-12))]  # the late one, raised to the early one's KE
+    study = results[results.label == "study"].set_index("step")["normalized"]
+    assert study.to_dict() == pytest.approx(ke["normalized"].to_dict(), abs=1e-12)
+    flat = results[results.label == "flat (study)"]
+    assert flat["lr_jump"].iloc[-1] == pytest.approx(3e-3 / own_lr(constant[-1]))
+    assert set(logs["label"]) == set(results["label"])
+
+
+def test_stage_differences_per_pretraining_seed_with_a_t_interval():
+    rows = [(label, seed, data_seed, step, gain, f) for label, seed, data_seed, step, gain, f in [
+        ("study", 0, 0, 300, 0.6, 0.5), ("study", 0, 1, 300, 0.8, 0.5), ("study", 0, 0, 1200, 0.5, 0.6),
+        ("study", 0, 1, 1200, 0.5, 0.6),  # seed 0: gain 0.7 -> 0.5 (means over data seeds): -0.2
+        ("study", 1, 0, 300, 0.6, 0.5), ("study", 1, 0, 1200, 0.3, 0.5),  # -0.3
+        ("study", 2, 0, 300, 0.6, 0.5), ("study", 2, 0, 1200, 0.2, 0.7),  # -0.4
+        ("reactivated", 0, 0, 1200, 0.7, 0.6)]]
+    frame = pd.DataFrame(rows, columns=["label", "pretrain_seed", "seed", "step", "gain_beyond_control_paraphrase_mem",
+                                        "forgetting"])
+    table = stage_differences(frame).set_index(["label", "measure"])
+    assert set(table.index.get_level_values("label")) == {"study"}  # one stage only: no difference
+    gain = table.loc[("study", "gain_beyond_control_paraphrase_mem")]
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
+    assert gain.late_minus_early == pytest.approx(-0.3) and gain.n == 3
+    assert gain.low == pytest.approx(-0.3 - half, rel=1e-6) and gain.high == pytest.approx(-0.3 + half, rel=1e-6)
 
 
 def test_verdicts_from_hand_made_results():
     rows = [("study", 300, 0.60, 0.50), ("study", 1200, 0.40, 0.60), ("matched", 300, 0.50, 0.30),
-            ("matched", 1200, 0.48, 0.10), ("reactivated", 1200, 0.55, 0.62)]
+            ("matched", 1200, 0.48, 0.10), ("reactivated", 1200, 0.55, 0.62), ("random neurons", 1200, 0.41, 0.50),
+            ("flat (study)", 300, 0.30, 0.70), ("flat (study)", 1200, 0.90, 0.60)]
     frame = pd.DataFrame(rows, columns=["label", "step", "gain_beyond_control_paraphrase_mem", "forgetting"])
     v = confound_verdicts(frame, 0.05, 0.03)
 
@@ -140,6 +200,11 @@ def test_verdicts_from_hand_made_results():
     assert not claim("'matched': finding 2 holds")
     moved = [x for k, x in v.items() if k.startswith("raising")]
     assert moved == [True, False]  # gain 0.55 is near 0.60 (from 0.40); F 0.62 is not nearer 0.50 than 0.60
+    control = [x for k, x in v.items() if k.startswith("the same factor on random neurons")]
+    assert control == [False, True]  # gain 0.41 stays near 0.40; F 0.50 is the early one's
+    assert not claim("'flat (study)': the late checkpoint acquires less") and not claim("'flat (study)': the late checkpoint forgets more")
+    assert not any("'reactivated'" in k or "'random neurons'" in k for k in v)  # one stage: not a protocol
     assert not any("resumed" in k for k in v)  # not run: no claim
     numbers = confound_key_numbers(frame)
     assert numbers["gain_bc_study_1200"] == 0.40 and numbers["F_reactivated_1200"] == 0.62
+    assert numbers["gain_bc_flat_study_1200"] == 0.90 and numbers["F_random_neurons_1200"] == 0.50

@@ -78,6 +78,9 @@ def test_interrupted_build_is_not_taken_as_done(tmp_path, monkeypatch):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown built-in family"):
         builtin_family("enormous")
+    for name in ("enormous-seed1", "decayed-seedx", "decayed-seed"):
+        with pytest.raises(ValueError, match="unknown built-in family"):
+            pretrain.family_config(name)
     with pytest.raises(ValueError, match="checkpoint_steps"):
         FamilyConfig(steps=10, checkpoint_steps=(0, 20))
     with pytest.raises(ValueError, match="split"):
@@ -123,3 +126,16 @@ def test_resumed_pretraining_continues_bit_identically(mini_root, tmp_path):
     saved = torch.load(Path(middle.path) / "optimizer.pt", weights_only=True)["state"]
     assert all(torch.equal(opt.state_dict()["state"][i]["exp_avg"], saved[i]["exp_avg"]) for i in saved)
     assert opt.state_dict()["state"][0]["exp_avg"].abs().sum() > 0
+
+
+def test_a_pretraining_seed_changes_initialisation_and_data_order_not_the_world(mini_root, tmp_path):
+    decayed, seeded = pretrain.family_config("decayed"), pretrain.family_config("decayed-seed2")
+    assert seeded == dataclasses.replace(decayed, seed=2) and pretrain.family_config("decayed-seed0") == decayed
+    assert seeded.key() != decayed.key()
+    other = dataclasses.replace(MINI, seed=1)
+    builtin_family(other, root=tmp_path, progress=False)
+    assert builtin_texts("train", None, other, tmp_path) == builtin_texts("train", None, MINI, mini_root)
+    first, second = (load_file(str(family_dir(c, r) / "step0" / "model.safetensors")) for c, r in ((MINI, mini_root), (other, tmp_path)))
+    assert not torch.equal(first["model.layers.0.mlp.up_proj.weight"], second["model.layers.0.mlp.up_proj.weight"])
+    losses = [pretrain.family_info(c, r)["log"]["loss"][0] for c, r in ((MINI, mini_root), (other, tmp_path))]
+    assert losses[0] != losses[1]

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from ke_utils.stats import correlation, pearson, spearman
+from ke_utils.stats import correlation, mean_interval, pearson, spearman
 
 Z95 = 1.959963984540054
 Z90 = 1.6448536269514722
@@ -73,3 +73,12 @@ def test_plain_float_helpers_of_the_notebooks():
         assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(pearson([1, 2, 3], [5, 5, 5]))
         constant = correlation([1, 2, 3, 4], [7, 7, 7, 7], "spearman")
     assert all(math.isnan(v) for v in (constant.r, constant.pvalue, constant.low, constant.high))
+
+
+def test_mean_interval_is_the_student_t_interval():
+    mean, low, high = mean_interval([1.0, 2.0, 6.0])  # mean 3, sd sqrt(7), t(0.975, 2) = 4.302653
+    half = 4.302653 * math.sqrt(7) / math.sqrt(3)
+    assert mean == pytest.approx(3.0) and low == pytest.approx(3 - half, rel=1e-6) and high == pytest.approx(3 + half, rel=1e-6)
+    assert mean_interval([1.0, 2.0, 6.0], 0.5)[2] < high
+    single = mean_interval([0.4])
+    assert single[0] == 0.4 and math.isnan(single[1]) and math.isnan(single[2])
