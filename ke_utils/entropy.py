@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .batching import iter_texts, length_bucketed_batches, pad_token_id, tokenize_documents
 from .hooks import CoefficientAccumulator
+from .training import eval_mode
 
 WEIGHTINGS = ("token", "document", "original")
 # Models that derive position ids from input_ids/attention_mask themselves (passing ours would
@@ -140,13 +141,14 @@ def coefficient_means(
         documents. Feed it documents padded to a fixed length (``pad_to``) to reproduce it.
     ``on_batch``: if given, called with each batch on the device instead of the default forward
     (it must run the model on it itself; used to compute other measures in the same pass).
+    The model runs in eval mode (no dropout noise in ``c``); its mode is restored afterwards.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {weighting!r}")
     device = next(model.parameters()).device
     runner = getattr(model, "base_model", model)  # no LM head: KE does not need logits
     denominator = 0.0
-    with CoefficientAccumulator(model, module_names) as acc:
+    with eval_mode(model), CoefficientAccumulator(model, module_names) as acc:
         for i, batch in enumerate(tqdm(batches, desc="knowledge entropy", unit="batch", disable=not progress)):
             batch = {k: v.to(device) for k, v in _check_batch(batch, i).items()}
             weights, count = _weights(batch["attention_mask"], weighting)

@@ -12,6 +12,7 @@ from .batching import text_batches
 from .downstream import multiple_choice_accuracy
 from .probes import probe_table, score_probes, summarize
 from .setups import KnowledgeSetup
+from .training import eval_mode
 
 
 @torch.inference_mode()
@@ -37,7 +38,12 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
                       ignore_index=True)
 
     def evaluate(model, step: int, with_retention: bool = True) -> dict:
-        """``with_retention=False``: the new-knowledge probes only (cheap, for evaluations mid-run)."""
+        """``with_retention=False``: the new-knowledge probes only (cheap, for evaluations mid-run).
+        Runs the model in eval mode and gives it back in the mode it came in."""
+        with eval_mode(model):
+            return _evaluate(model, with_retention)
+
+    def _evaluate(model, with_retention: bool) -> dict:
         summary = summarize(score_probes(model, tokenizer, table), by=("regime", "kind"))
         out = {f"{m}_{r}_{k}": float(summary.loc[(r, k), m]) for r, k in summary.index for m in ("logprob", "exact")}
         if not with_retention:

@@ -13,6 +13,7 @@ import torch
 
 from .batching import pad_batch, pad_token_id
 from .records import PROBE_KINDS
+from .training import eval_mode
 
 
 def encode_pairs(tokenizer, inputs: Sequence[str], targets: Sequence[str]) -> list[tuple[list[int], int]]:
@@ -54,12 +55,8 @@ def score_pairs(model, tokenizer, inputs: Sequence[str], targets: Sequence[str],
 def score_probes(model, tokenizer, probes: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
     """``probes`` with columns ``input`` and ``target`` (and any labels, e.g. ``item``, ``kind``),
     returned with the score columns of :func:`score_pairs` added."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         scores = score_pairs(model, tokenizer, list(probes["input"]), list(probes["target"]), batch_size)
-    finally:
-        model.train(was_training)
     return pd.concat([probes.reset_index(drop=True), scores], axis=1)
 
 

@@ -1,11 +1,26 @@
 """What pretraining and continued training share: AdamW with decay on matrices only, one
-language-model step, and packing documents into fixed-length sequences."""
+language-model step, packing documents into fixed-length sequences, and eval mode for every
+measurement taken along the way."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """``model.eval()`` inside (no dropout noise in a measurement), every submodule's own mode
+    restored on exit, after an exception too."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.train(training)
 
 
 def optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:

@@ -266,3 +266,22 @@ def test_measure_accepts_list_dataset_and_stream(tiny_tokenizer):
     assert 0 < from_list.normalized < 1
     with pytest.raises(TypeError):
         ke_utils.measure_knowledge_entropy(model, tiny_tokenizer, "one string", progress=False)
+
+
+def test_dropout_is_off_while_measuring_and_the_mode_is_restored():
+    """GPT-2, OPT, BERT and Phi have dropout: in train mode it would add noise to c."""
+    model = make_model("gpt2")
+    model.config.resid_pdrop = model.config.embd_pdrop = 0.5
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    batches = length_bucketed_batches(DOCS, model.config.pad_token_id, max_batch_tokens=20)
+    expected = coefficient_means(model, batches)  # made in eval mode
+    model.train()
+    model.transformer.h[0].eval()  # a mixed state must come back as it was
+    torch.testing.assert_close(coefficient_means(model, batches), expected, rtol=0, atol=0)
+    assert model.training and model.transformer.h[1].training and not model.transformer.h[0].training
+    with pytest.raises(ValueError):
+        coefficient_means(model, [{"input_ids": torch.ones(1, 3, dtype=torch.long),
+                                   "attention_mask": torch.zeros(1, 3, dtype=torch.long)}])
+    assert model.training and not model.transformer.h[0].training  # restored after an error too

@@ -15,6 +15,7 @@ from helpers import MINI
 from ke_utils.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
 from ke_utils.continual import TrainConfig
+from ke_utils.evaluation import evaluator
 from ke_utils.experiments import Variant, reactivation_experiment, run_stage, stage_experiment, variant_grid
 from ke_utils.outcomes import outcome
 from ke_utils.pretrain import builtin_family, builtin_texts
@@ -123,3 +124,15 @@ def test_variant_grid_has_baseline_method_and_controls():
     names = [v.name for v in variant_grid(ratios=(0.1, 0.5), factors=(0.5, 1.0), controls=((0.5, 2.0),))]
     assert names == ["baseline", "least p=0.1 q=0.5", "least p=0.1 q=1", "least p=0.5 q=0.5", "least p=0.5 q=1",
                      "random p=0.5 q=2", "most p=0.5 q=2"]
+
+
+def test_evaluation_runs_in_eval_mode_and_gives_the_mode_back(mini):
+    checkpoints, setup, _ = mini
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
+    model = load_checkpoint(checkpoints[-1])
+    for layer in model.model.layers:  # a model with dropout, evaluated mid-training (train mode)
+        layer.self_attn.attention_dropout = 0.5
+    evaluate = evaluator(tokenizer, _choice_setup(setup))
+    expected = evaluate(model, 0)
+    model.train()
+    assert evaluate(model, 1) == expected and model.training
