@@ -1,7 +1,9 @@
 """Knowledge entropy over a family of checkpoints, one cached result per checkpoint.
 
 Each result is written atomically (temporary file + rename) with a checksum, so an interrupted
-sweep resumes where it stopped, and a damaged entry is detected and recomputed.
+sweep resumes where it stopped, and a damaged entry is detected and recomputed. The cache is keyed
+on ``MEASUREMENT_VERSION`` and every entry records it with the dtype the model was loaded in, so a
+change to the measurement never reuses results of the old one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, i
 from .entropy import ORIGINAL_LOG_EPS, coefficient_means, knowledge_entropy
 from .related import RelatedMeasures
 
+# Bump when a change to the code alters what a sweep measures: cached results of other versions
+# are then neither found (the cache folder is keyed on it) nor accepted (entries record it).
+MEASUREMENT_VERSION = 2
+
 
 def _digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
@@ -37,7 +43,7 @@ def _save_entry(path: Path, means: torch.Tensor, info: dict) -> None:
 
 
 def _load_entry(path: Path) -> tuple[torch.Tensor, dict] | None:
-    """The cached (means, info), or None if missing or damaged."""
+    """The cached (means, info), or None if missing, damaged or measured by another version."""
     if not path.exists():
         return None
     try:
@@ -46,17 +52,23 @@ def _load_entry(path: Path) -> tuple[torch.Tensor, dict] | None:
         means = load_file(str(path))["means"]
         if meta.get("sha256") != _digest(means):
             raise ValueError("checksum mismatch")
-        return means, json.loads(meta["info"])
+        info = json.loads(meta["info"])
+        if info.get("version") != MEASUREMENT_VERSION:
+            warnings.warn(f"sweep cache entry {path.name} was measured by version {info.get('version')} "
+                          f"(now {MEASUREMENT_VERSION}); recomputing it")
+            return None
+        return means, info
     except (SafetensorError, ValueError, KeyError, OSError, json.JSONDecodeError) as err:
         warnings.warn(f"damaged sweep cache entry {path.name} ({err}); recomputing it")
         return None
 
 
 def sweep_dir(checkpoints: Sequence[Checkpoint], texts: Sequence[str], settings: dict) -> Path:
-    """Cache folder keyed by the family, the texts and the measurement settings."""
+    """Cache folder keyed by the family, the texts, the measurement settings and version."""
     family = sorted({(c.path if c.revision else str(Path(c.path).parent)) for c in checkpoints})
     text_hash = hashlib.sha1("\x00".join(texts).encode()).hexdigest()
-    return cache_dir() / "sweeps" / config_key({"family": family, "texts": text_hash, **settings})
+    return cache_dir() / "sweeps" / config_key({"family": family, "texts": text_hash, **settings,
+                                                "version": MEASUREMENT_VERSION})
 
 
 def sweep(
@@ -79,7 +91,7 @@ def sweep(
     ``effective_sources``, ``means`` (tensor ``[n_layers, d_ff]``, for reactivation), ``fingerprint``
     (:func:`~ke_utils.checkpoints.checkpoint_fingerprint`), ``duplicate_of`` (the earlier checkpoint
     with identical weight files, whose result it shares: it is neither loaded nor measured), and with ``related=True`` also ``attention_entropy`` and
-    ``next_token_entropy``. The tokenizer is the first checkpoint's unless given (checkpoints of
+    ``next_token_entropy``; ``dtype``: the dtype the weights were loaded in. The tokenizer is the first checkpoint's unless given (checkpoints of
     one family share it). Results are cached in ``folder`` (default: keyed by all inputs).
     """
     if not checkpoints:
@@ -112,7 +124,8 @@ def sweep(
                             unit="ckpt", disable=not progress):
         extra = RelatedMeasures(model, weighting) if related else None
         means = coefficient_means(model, batches, weighting, on_batch=extra)
-        info = extra.result() if extra else {}
+        info = {**(extra.result() if extra else {}), "version": MEASUREMENT_VERSION,
+                "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
         _save_entry(entries[ckpt.name], means, info)
         results[ckpt.name] = means, info
     rows = []
@@ -122,7 +135,8 @@ def sweep(
         rows.append({
             "name": ckpt.name, "step": ckpt.step, "tokens": ckpt.tokens, "ke": ke.total,
             "normalized": ke.normalized, "per_layer": ke.per_layer.numpy(),
-            "effective_sources": ke.effective_sources.numpy(), "means": means, **info,
+            "effective_sources": ke.effective_sources.numpy(), "means": means,
+            **{k: v for k, v in info.items() if k != "version"},
             "fingerprint": fingerprints[ckpt.name], "duplicate_of": duplicate_of.get(ckpt.name),
         })
     return pd.DataFrame(rows)

@@ -141,3 +141,18 @@ def test_hub_family_through_a_local_stand_in(family, monkeypatch, tmp_path):
     assert list(frame["ke"]) == pytest.approx(list(local["ke"]), rel=1e-12)
     assert list(frame["tokens"]) == [0, 1_000_000_000, 1_000_000_000]
     assert set(asked) == {"step0-tokens0B", "step10-tokens1B", "step30-tokens1B"}
+
+
+def test_cache_is_keyed_on_the_measurement_version_and_records_the_loaded_dtype(family, tmp_path, monkeypatch):
+    folder = sweep_module.sweep_dir(family, TEXTS, {"weighting": "token"})
+    with pytest.warns(UserWarning, match="identical weight"):
+        first = sweep(family, TEXTS, folder=tmp_path, progress=False)
+        half = sweep(family[:2], TEXTS, folder=tmp_path / "bf16", dtype=torch.bfloat16, progress=False)
+    assert set(first["dtype"]) == {"float32"} and set(half["dtype"]) == {"bfloat16"}
+    monkeypatch.setattr(sweep_module, "MEASUREMENT_VERSION", sweep_module.MEASUREMENT_VERSION + 1)
+    assert sweep_module.sweep_dir(family, TEXTS, {"weighting": "token"}) != folder  # a new version, a new folder
+    calls, real = [], sweep_module.coefficient_means
+    monkeypatch.setattr(sweep_module, "coefficient_means", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with pytest.warns(UserWarning, match="measured by version"):  # an entry of the old version, given the folder
+        sweep(family, TEXTS, folder=tmp_path, progress=False)
+    assert len(calls) == 3  # every distinct checkpoint measured again
