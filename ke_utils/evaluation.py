@@ -30,7 +30,9 @@ def lm_loss(model, tokenizer, texts: Sequence[str], max_tokens: int = 256) -> fl
 
 
 def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]:
-    """``evaluate(model, step)``: log-prob K and exact match per regime and probe kind, the
+    """``evaluate(model, step)``: log-prob K and exact match per regime and probe kind
+    (``logprob_<regime>_<kind>``) and over all kinds (``_all``: the study's K, the mean over items
+    of the mean over all of an item's probes), the
     retention score P (exact match on retention probes, or mean downstream accuracy) and
     held-out LM loss."""
     regimes = {"paraphrase": setup.paraphrase, "once": setup.once, "control": setup.control}
@@ -44,8 +46,11 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
             return _evaluate(model, with_retention)
 
     def _evaluate(model, with_retention: bool) -> dict:
-        summary = summarize(score_probes(model, tokenizer, table), by=("regime", "kind"))
+        scored = score_probes(model, tokenizer, table)
+        summary = summarize(scored, by=("regime", "kind"))
         out = {f"{m}_{r}_{k}": float(summary.loc[(r, k), m]) for r, k in summary.index for m in ("logprob", "exact")}
+        overall = summarize(scored, by=("regime",))  # the study's K: every probe of an item, all kinds
+        out.update({f"{m}_{r}_all": float(overall.loc[r, m]) for r in overall.index for m in ("logprob", "exact")})
         if not with_retention:
             return out
         if setup.tasks is not None:

@@ -16,6 +16,7 @@ from ke_utils.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
 from ke_utils.continual import TrainConfig
 from ke_utils.evaluation import evaluator
+from ke_utils.probes import probe_table, score_probes
 from ke_utils.experiments import Variant, reactivation_experiment, run_stage, stage_experiment, variant_grid
 from ke_utils.outcomes import outcome
 from ke_utils.pretrain import builtin_family, builtin_texts
@@ -136,3 +137,15 @@ def test_evaluation_runs_in_eval_mode_and_gives_the_mode_back(mini):
     expected = evaluate(model, 0)
     model.train()
     assert evaluate(model, 1) == expected and model.training
+
+
+def test_the_studys_k_averages_every_probe_of_an_item(mini):
+    checkpoints, setup, _ = mini
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
+    model = load_checkpoint(checkpoints[-1])
+    out = evaluator(tokenizer, setup)(model, 0, with_retention=False)
+    scored = score_probes(model, tokenizer, probe_table(setup.paraphrase))
+    per_item = scored.groupby("item")["logprob"].mean()  # all 3 kinds of probes of an item together
+    assert out["logprob_paraphrase_all"] == pytest.approx(per_item.mean(), rel=1e-12)
+    assert out["logprob_paraphrase_all"] != pytest.approx(out["logprob_paraphrase_mem"], rel=1e-6)  # not one kind
+    assert {"logprob_once_all", "logprob_control_all", "exact_paraphrase_all"} <= set(out)
