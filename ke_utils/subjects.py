@@ -3,11 +3,13 @@
 ``"builtin"`` (default) is the tiny model family pretrained offline on the generated world;
 ``"builtin:capacity"`` the capacity-bound contrast; a local folder of ``step{N}`` checkpoints; or
 a hub repository id (``"allenai/OLMo-1B-0724-hf"``, ``"EleutherAI/pythia-160m"``) whose branches
-are the checkpoints, with texts streamed from a ``datasets`` corpus.
+are the checkpoints, with texts streamed from a ``datasets`` corpus, or the reader's own texts
+(``texts=``: a local file or ``datasets`` folder works with no network at all).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -43,6 +45,32 @@ def hub_texts(n_docs: int, source: tuple[str, str | None, str, str] = DEFAULT_HU
     return [row[column] for row in islice(stream, n_docs)]
 
 
+def read_texts(source: str, n_docs: int) -> list[str]:
+    """The first ``n_docs`` documents of ``source``: a text file (one document per line, blank
+    lines skipped), a folder written by ``datasets``' ``save_to_disk`` (its ``text`` column; the
+    first split of a ``DatasetDict``), or else a hub dataset id (its ``train`` split, streamed:
+    needs network). Fewer documents than asked for: all of them, with a warning."""
+    path = Path(source)
+    if path.is_file():
+        docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif path.is_dir():
+        import datasets
+
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            data = data[next(iter(data))]
+        if "text" not in data.column_names:
+            raise ValueError(f"{source} has no 'text' column (columns: {data.column_names})")
+        docs = data.select(range(min(n_docs, len(data))))["text"]
+    else:
+        docs = hub_texts(n_docs, (source, None, "train", "text"))
+    if not docs:
+        raise ValueError(f"no documents in {source}")
+    if len(docs) < n_docs:
+        warnings.warn(f"{source} has {len(docs)} documents, fewer than the {n_docs} asked for; using all of them")
+    return list(docs[:n_docs])
+
+
 def load_subject(
     subject: str = "builtin",
     *,
@@ -50,18 +78,22 @@ def load_subject(
     n_checkpoints: int | None = None,
     steps: list[int] | None = None,
     text_source: tuple[str, str | None, str, str] = DEFAULT_HUB_TEXTS,
+    texts: str | None = None,
 ) -> Subject:
     """Checkpoints (optionally ``n_checkpoints`` log-spaced, or explicit ``steps``) and ``n_docs``
-    held-out evaluation texts of ``subject``."""
+    held-out evaluation texts of ``subject``: the built-in family's own, ``text_source`` streamed
+    for other subjects, or, given ``texts``, :func:`read_texts` of it (for any subject)."""
     family = (subject.partition(":")[2] or "overtrained") if subject.startswith("builtin") else None
     if family:
         checkpoints = builtin_family(family)
-        texts = builtin_texts("heldout", n_docs, family)
     else:
         checkpoints = local_checkpoints(subject) if Path(subject).is_dir() else hub_checkpoints(subject)
-        texts = hub_texts(n_docs, text_source)
+    if texts is not None:
+        documents = read_texts(texts, n_docs)
+    else:
+        documents = builtin_texts("heldout", n_docs, family) if family else hub_texts(n_docs, text_source)
     if steps is not None:
         checkpoints = select(checkpoints, steps=steps)
     elif n_checkpoints is not None:
         checkpoints = select(checkpoints, n_log=n_checkpoints)
-    return Subject(subject, checkpoints, texts, family)
+    return Subject(subject, checkpoints, documents, family)

@@ -1,0 +1,61 @@
+"""A subject's evaluation texts: the reader's own file or ``datasets`` folder, with no network."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ke_utils import subjects
+from ke_utils.subjects import load_subject, read_texts
+
+DOCS = ["The first document.", "", "  The second one.  ", "A third.", "And a fourth."]
+
+
+def no_network(*args, **kwargs):
+    raise AssertionError("tried to stream texts from the hub")
+
+
+def test_a_local_folder_and_a_text_file_need_no_network(tmp_path, tiny_tokenizer, monkeypatch):
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(variable, "1")
+    monkeypatch.setattr(subjects, "hub_texts", no_network)
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, pad_token_id=tiny_tokenizer.pad_token_id)
+    for step in (0, 10):
+        torch.manual_seed(step)
+        LlamaForCausalLM(config).save_pretrained(tmp_path / "family" / f"step{step}")
+        tiny_tokenizer.save_pretrained(tmp_path / "family" / f"step{step}")
+    (tmp_path / "docs.txt").write_text("\n".join(DOCS), encoding="utf-8")
+    subject = load_subject(str(tmp_path / "family"), texts=str(tmp_path / "docs.txt"), n_docs=3)
+    assert [c.step for c in subject.checkpoints] == [0, 10] and not subject.is_builtin
+    assert subject.texts == ["The first document.", "The second one.", "A third."]  # blank lines skipped
+
+
+def test_a_datasets_folder(tmp_path):
+    datasets.Dataset.from_dict({"text": DOCS[2:], "id": [1, 2, 3]}).save_to_disk(str(tmp_path / "one"))
+    assert read_texts(str(tmp_path / "one"), 2) == ["  The second one.  ", "A third."]
+    splits = datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"text": ["v1", "v2"]}),
+                                   "train": datasets.Dataset.from_dict({"text": ["t1"]})})
+    splits.save_to_disk(str(tmp_path / "splits"))
+    assert read_texts(str(tmp_path / "splits"), 1) == ["v1"]  # the first split
+    datasets.Dataset.from_dict({"body": ["x"]}).save_to_disk(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="no 'text' column"):
+        read_texts(str(tmp_path / "other"), 1)
+
+
+def test_too_few_documents(tmp_path):
+    (tmp_path / "two.txt").write_text("one\n\ntwo\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="has 2 documents, fewer than the 5"):
+        assert read_texts(str(tmp_path / "two.txt"), 5) == ["one", "two"]
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no documents"):
+        read_texts(str(tmp_path / "empty.txt"), 5)
+
+
+def test_anything_else_is_a_hub_dataset(monkeypatch):
+    calls = []
+    monkeypatch.setattr(subjects, "hub_texts", lambda n, source: calls.append((n, source)) or ["a", "b"])
+    assert read_texts("someone/corpus", 2) == ["a", "b"]
+    assert calls == [(2, ("someone/corpus", None, "train", "text"))]
