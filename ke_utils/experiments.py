@@ -112,3 +112,34 @@ def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], ba
         logs.append(log.assign(variant=variant.name, seed=seed))
         del modified
     return pd.DataFrame(results), pd.concat(logs, ignore_index=True)
+
+
+def reactivation_findings(summary: pd.DataFrame, measure: str = "gain_beyond_control_paraphrase_mem",
+                          control: str = "p=0.5 q=2") -> tuple[pd.Series, pd.DataFrame, dict[str, bool]]:
+    """Notebook 04's claims from ``summary`` (one row per variant: means over seeds and their
+    ``<column>_std``, with ``variant, select, ratio, factor``). Returns the baseline row, the
+    lifted variants (least-used, q >= 1) and ``{claim: observed}``; a difference counts only when it
+    exceeds 2 x the spread over seeds (at least 1e-3). The control claim needs the three variants
+    ``least / random / most`` at ``control``."""
+    base = summary[summary["ratio"] == 0].iloc[0]
+    lifted = summary[(summary["select"] == "least") & (summary["ratio"] > 0) & (summary["factor"] >= 1)]
+
+    def beats(column: str) -> bool:
+        best = lifted.loc[lifted[column].idxmax()]
+        return bool(best[column] - base[column] > 2 * max(base[f"{column}_std"], best[f"{column}_std"], 1e-3))
+
+    findings = {
+        "a reactivated checkpoint gains more beyond the controls than the unmodified one, by more than 2 x the "
+        "spread over seeds": beats(measure),
+        "a reactivated checkpoint has a higher A than the unmodified one, by more than 2 x its spread over seeds":
+            beats("acquisition_paraphrase_mem"),
+        "every reactivated checkpoint (least-used, q >= 1) retains more than the unmodified one":
+            bool((lifted["retention"] > base["retention"]).all()),
+    }
+    rows = summary.set_index("variant").reindex([f"{s} {control}" for s in ("least", "random", "most")])
+    if rows[measure].notna().all():
+        margin = 2 * rows[f"{measure}_std"].max()
+        findings[f"lifting the least-used neurons gains more beyond the controls than the same factors on random or "
+                 f"most-used neurons ({control}), by more than 2 x the largest spread over seeds"] = bool(
+            rows[measure].iloc[0] - rows[measure].iloc[1:].max() > margin)
+    return base, lifted, findings

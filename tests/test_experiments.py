@@ -17,7 +17,8 @@ from ke_utils.checkpoints import load_checkpoint
 from ke_utils.continual import TrainConfig
 from ke_utils.evaluation import evaluator
 from ke_utils.probes import probe_table, score_probes
-from ke_utils.experiments import Variant, reactivation_experiment, run_stage, stage_experiment, variant_grid
+from ke_utils.experiments import (Variant, reactivation_experiment, reactivation_findings, run_stage, stage_experiment,
+                                  variant_grid)
 from ke_utils.outcomes import outcome
 from ke_utils.pretrain import builtin_family, builtin_texts
 from ke_utils.setups import builtin_setup
@@ -149,3 +150,25 @@ def test_the_studys_k_averages_every_probe_of_an_item(mini):
     assert out["logprob_paraphrase_all"] == pytest.approx(per_item.mean(), rel=1e-12)
     assert out["logprob_paraphrase_all"] != pytest.approx(out["logprob_paraphrase_mem"], rel=1e-6)  # not one kind
     assert {"logprob_once_all", "logprob_control_all", "exact_paraphrase_all"} <= set(out)
+
+
+def test_reactivation_findings_from_a_hand_made_summary():
+    rows = [("baseline", "least", 0.0, 1.0, 0.60, 0.01, 0.600, 0.0005, 0.68),
+            ("least p=0.5 q=1", "least", 0.5, 1.0, 0.61, 0.01, 0.601, 0.0005, 0.70),
+            ("least p=0.5 q=2", "least", 0.5, 2.0, 0.70, 0.02, 0.610, 0.0005, 0.65),  # +0.10 > 2 x 0.02
+            ("least p=0.5 q=0.5", "least", 0.5, 0.5, 0.90, 0.01, 0.700, 0.0005, 0.90),  # q < 1: not a lifted variant
+            ("random p=0.5 q=2", "random", 0.5, 2.0, 0.66, 0.03, 0.605, 0.0005, 0.40),
+            ("most p=0.5 q=2", "most", 0.5, 2.0, 0.50, 0.01, 0.600, 0.0005, 0.30)]
+    columns = ["variant", "select", "ratio", "factor", "gain_beyond_control_paraphrase_mem",
+               "gain_beyond_control_paraphrase_mem_std", "acquisition_paraphrase_mem", "acquisition_paraphrase_mem_std",
+               "retention"]
+    summary = pd.DataFrame(rows, columns=columns)
+    base, lifted, findings = reactivation_findings(summary)
+    assert base["variant"] == "baseline" and list(lifted["variant"]) == ["least p=0.5 q=1", "least p=0.5 q=2"]
+    claims = list(findings.values())
+    assert claims[0] and claims[1]  # +0.10 nats; A +0.010 > 2 x 1e-3
+    assert not claims[2]  # q=2 retains less than the baseline
+    assert not claims[3]  # 0.70 - 0.66 = 0.04 < 2 x 0.03: the random control is as good
+    summary.loc[4, "gain_beyond_control_paraphrase_mem"] = 0.62
+    assert reactivation_findings(summary)[2][list(findings)[3]]  # 0.08 > 0.06
+    assert len(reactivation_findings(summary[summary["select"] != "most"])[2]) == 3  # no control claim without all three
