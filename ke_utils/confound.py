@@ -89,13 +89,14 @@ def protocol_experiment(checkpoints: Sequence[Checkpoint], setup: KnowledgeSetup
 
 def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: float = 0.5,
                             factors: tuple[float, float] = (0.05, 3.0), tolerance: float = 1e-3,
-                            max_steps: int = 20) -> tuple[torch.nn.Module, Reactivation, KnowledgeEntropy]:
+                            max_steps: int = 20, means: torch.Tensor | None = None,
+                            ) -> tuple[torch.nn.Module, Reactivation, KnowledgeEntropy]:
     """A reactivated copy of ``model`` (the least-used fraction ``ratio`` of neurons) whose
     knowledge entropy on ``batches`` is ``target`` (nats) within ``tolerance``, found by bisection
     on the factor q in ``factors`` (KE rises with q over that range on the built-in family).
-    Returns ``(model, report, knowledge entropy reached)``; raises ValueError if ``target`` is not
-    reachable."""
-    means = coefficient_means(model, batches)
+    ``means``: ``model``'s coefficient means on ``batches`` if already measured. Returns ``(model,
+    report, knowledge entropy reached)``; raises ValueError if ``target`` is not reachable."""
+    means = coefficient_means(model, batches) if means is None else means
 
     def attempt(q: float):
         modified, report = reactivate(model, means, ratio, q)
@@ -150,8 +151,8 @@ def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, strea
     tokenizer = AutoTokenizer.from_pretrained(late.path, revision=late.revision)
     model = load_checkpoint(late, device=device)
     batches = text_batches(tokenizer, texts)
-    modified, report, ke = match_knowledge_entropy(model, batches, target_ke)
-    means = coefficient_means(model, batches) if random_control else None
+    means = coefficient_means(model, batches)  # one pass, for the bisection and the random control
+    modified, report, ke = match_knowledge_entropy(model, batches, target_ke, means=means)
     lr = own_lr(late)
     results, logs = [], []
     for seed in seeds:
@@ -257,7 +258,8 @@ MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest o
 def verdicts(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> dict[str, bool]:
     """Claims about the first ("early") and last ("late") stage of ``results`` (rows of
     :func:`confound_experiment`), each mapped to whether this run shows it; differences within
-    ``min_gain_diff`` (nats of gain beyond control) or ``min_f_diff`` (forgetting) count as none.
+    ``min_gain_diff`` (nats of gain beyond control) or ``min_f_diff`` (forgetting) count as none
+    ("moves toward": closer to the early checkpoint under ``study`` by more than that).
     Means over all seeds. Per protocol and contrast family: does the late checkpoint acquire less,
     forget more, both (finding 2)? For the causal test: does raising the late checkpoint's KE move
     it toward the early one (and does the random-neuron control, when it ran)?"""
@@ -271,9 +273,9 @@ def verdicts(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> 
         e, l = mean.loc[(label, early)], mean.loc[(label, late)]
         less = e[MEASURE] - l[MEASURE] > min_gain_diff
         more = l["forgetting"] - e["forgetting"] > min_f_diff
-        out[f"'{label}': the late checkpoint acquires less (gain beyond control lower by > {min_gain_diff} nats)"] = less
-        out[f"'{label}': the late checkpoint forgets more (F higher by > {min_f_diff})"] = more
-        out[f"'{label}': finding 2 holds (the late checkpoint acquires less AND forgets more)"] = less and more
+        out[f"'{label}': the late checkpoint acquires less"] = less
+        out[f"'{label}': the late checkpoint forgets more"] = more
+        out[f"'{label}': finding 2 holds, the late checkpoint acquires less and forgets more"] = less and more
     for name, label in (("raising the late checkpoint's KE to the early one's", "reactivated"),
                         ("the same factor on random neurons (control)", "random neurons")):
         if (label, late) not in mean.index or ("study", late) not in mean.index:
@@ -281,13 +283,14 @@ def verdicts(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> 
         e, l, r = mean.loc[("study", early)], mean.loc[("study", late)], mean.loc[(label, late)]
         for column, what, tolerance in ((MEASURE, "acquisition", min_gain_diff), ("forgetting", "forgetting", min_f_diff)):
             closer = abs(r[column] - e[column]) < abs(l[column] - e[column]) - tolerance
-            out[f"{name} moves its {what} toward the early one's (under 'study', by > {tolerance})"] = closer
+            out[f"{name} moves its {what} toward the early one's"] = closer
     return out
 
 
 def key_numbers(results: pd.DataFrame) -> dict[str, float]:
     """Gain beyond control and forgetting per label and stage (means over seeds), flat."""
     mean = results.groupby(["label", "step"])[[MEASURE, "forgetting"]].mean()
+
     def name(label: str) -> str:  # "overtrained (study)" -> "overtrained_study"
         return "_".join(label.replace("(", " ").replace(")", " ").split())
 

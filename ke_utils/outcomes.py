@@ -47,11 +47,10 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
             out[f"exact_{name}"] = after[f"exact_{name}"]
             out[f"gain_{name}"] = after[column] - before[column]
     for name in [n[len("gain_"):] for n in out if n.startswith("gain_") and not n.startswith("gain_control_")]:
-        control = f"gain_control_{name.split('_', 1)[1]}"
-        if control in out:
-            out[f"gain_beyond_control_{name}"] = out[f"gain_{name}"] - out[control]
-            out[f"logprob_after_beyond_control_{name}"] = (out[f"logprob_after_{name}"]
-                                                           - out[f"logprob_after_control_{name.split('_', 1)[1]}"])
+        kind = name.split("_", 1)[1]
+        if f"gain_control_{kind}" in out:
+            out[f"gain_beyond_control_{name}"] = out[f"gain_{name}"] - out[f"gain_control_{kind}"]
+            out[f"logprob_after_beyond_control_{name}"] = out[f"logprob_after_{name}"] - out[f"logprob_after_control_{kind}"]
     out["retention"] = retention(before["retention_score"], after["retention_score"])
     out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
     out["heldout_loss_change"] = after["heldout_loss"] - before["heldout_loss"]

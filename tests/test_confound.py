@@ -80,6 +80,8 @@ def test_reactivation_reaches_a_target_knowledge_entropy(family):
     target = sum(ends) / 2  # reachable between q = 0.05 and q = 1
     modified, report, ke = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4)
     assert abs(ke.total - target) <= 1e-4 and report.ratio == 0.5 and 0.05 < report.factor < 1.0
+    given = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4, means=means)
+    assert given[1].factor == report.factor and given[2].total == ke.total  # means measured once, passed in
     assert knowledge_entropy(coefficient_means(modified, batches)).total == pytest.approx(ke.total, abs=1e-9)
     assert knowledge_entropy(coefficient_means(model, batches)).total == pytest.approx(before, abs=1e-9)  # a copy
     with pytest.raises(ValueError, match="outside"):
