@@ -1,7 +1,8 @@
 """Scoring cloze probes: log-probability of a target given an input, and greedy exact match.
 
-Input and target are joined by a space; they are tokenised separately (input, then " " + target)
-so that the target's tokens are exactly the ones scored, as in lm-evaluation-harness.
+Input and target are joined by a space and encoded as one text, with the tokenizer's BOS first
+when it adds one; the target's tokens (the ones scored) are found by character offsets, so every
+tokenizer scores the tokens it would produce for the whole sentence.
 """
 
 from __future__ import annotations
@@ -16,16 +17,53 @@ from .records import PROBE_KINDS
 from .training import eval_mode
 
 
+def adds_bos(tokenizer) -> bool:
+    """True if the tokenizer puts its beginning-of-sequence token first when asked for special
+    tokens (Llama, Mistral, Gemma, OLMo-2 do; GPT-2, Pythia, OLMo-1B and the built-in family do not)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def _target_start(offsets: Sequence[tuple[int, int]], boundary: int) -> int:
+    """Index of the first token that covers a character at or after ``boundary`` (the target's
+    first token; a token that spans the boundary counts as the target's)."""
+    return next((k for k, (_, end) in enumerate(offsets) if end > boundary), len(offsets))
+
+
 def encode_pairs(tokenizer, inputs: Sequence[str], targets: Sequence[str]) -> list[tuple[list[int], int]]:
-    """``(ids, n_input)`` per pair: ids of input + " " + target, and how many belong to the input."""
+    """``(ids, n_input)`` per pair: the ids of ``input + " " + target`` encoded as one text (the
+    tokenizer's BOS first when it adds one), and how many of them come before the target.
+
+    The target's tokens are found by character offsets (fast tokenizers) or, for a slow tokenizer,
+    as what follows the input's own encoding (as lm-evaluation-harness splits a pair). Encoding the
+    target on its own instead would give SentencePiece tokenizers (Llama-2, Mistral, Gemma) a stray
+    word-boundary token."""
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
-    ctx = tokenizer(list(inputs), add_special_tokens=False)["input_ids"]
-    cont = tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]
-    for i, (c, t) in enumerate(zip(ctx, cont)):
-        if not c or not t:
-            raise ValueError(f"probe {i}: empty input or target after tokenisation")
-    return [(c + t, len(c)) for c, t in zip(ctx, cont)]
+    for i, (inp, tgt) in enumerate(zip(inputs, targets)):
+        if not inp.strip() or not tgt.strip():
+            raise ValueError(f"probe {i}: empty input or target")
+    texts = [f"{inp} {tgt}" for inp, tgt in zip(inputs, targets)]
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        starts = [_target_start(offsets, len(inp)) for offsets, inp in zip(encoded["offset_mapping"], inputs)]
+        whole = encoded["input_ids"]
+    else:
+        whole = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        alone = tokenizer(list(inputs), add_special_tokens=False)["input_ids"]
+        starts = []
+        for i, (ids, ctx) in enumerate(zip(whole, alone)):
+            if ids[: len(ctx)] != ctx:
+                raise ValueError(f"probe {i}: the input's tokens change when the target follows it; "
+                                 "use a fast tokenizer (offsets) for this tokenizer")
+            starts.append(len(ctx))
+    bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
+    pairs = []
+    for i, (ids, start) in enumerate(zip(whole, starts)):
+        if start == 0 or start == len(ids):
+            raise ValueError(f"probe {i}: the input or the target has no token of its own")
+        pairs.append((bos + ids, len(bos) + start))
+    return pairs
 
 
 @torch.inference_mode()

@@ -18,6 +18,39 @@ def model(tiny_tokenizer):
                                         pad_token_id=tiny_tokenizer.pad_token_id)).eval()
 
 
+def test_target_tokens_are_those_of_the_whole_sentence(tiny_tokenizer, sentencepiece_tokenizer):
+    """Both tokenizer kinds score exactly the tokens the whole sentence has after the input; the
+    SentencePiece kind gets its BOS, and no stray word-boundary token (what encoding " " + target
+    on its own gives it)."""
+    inputs, targets = ["The quick brown fox jumps over the", "Paris is the capital of"], ["lazy dog", "France"]
+    for tok, bos in ((tiny_tokenizer, []), (sentencepiece_tokenizer, [sentencepiece_tokenizer.bos_token_id])):
+        for (ids, n_input), inp, tgt in zip(encode_pairs(tok, inputs, targets), inputs, targets):
+            assert ids == bos + tok(f"{inp} {tgt}", add_special_tokens=False)["input_ids"]
+            assert ids == tok(f"{inp} {tgt}")["input_ids"]  # what the tokenizer itself makes of the sentence
+            assert tok.decode(ids[n_input:]).strip() == tgt and tok.decode(ids[len(bos):n_input]) == inp
+    stray = sentencepiece_tokenizer(" lazy dog", add_special_tokens=False)["input_ids"]
+    assert sentencepiece_tokenizer.convert_ids_to_tokens(stray)[0] == "\u2581"  # why the target is not encoded alone
+    ids, n_input = encode_pairs(sentencepiece_tokenizer, inputs[:1], targets[:1])[0]
+    assert "\u2581" not in sentencepiece_tokenizer.convert_ids_to_tokens(ids[n_input:])
+
+
+def test_sentencepiece_scores_match_hand_computation(sentencepiece_tokenizer):
+    """The score is the log-probability of the target's tokens in the sequence BOS + input + target."""
+    torch.manual_seed(0)
+    sp = sentencepiece_tokenizer
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(sp), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, pad_token_id=sp.eos_token_id)).eval()
+    scored = score_pairs(model, sp, ["Paris is the capital of", "Memory vectors store"], ["France", "facts"], batch_size=2)
+    for i, text in enumerate(["Paris is the capital of France", "Memory vectors store facts"]):
+        ids = sp(text)["input_ids"]
+        n_target = len(ids) - len(sp(text.rsplit(" ", 1)[0])["input_ids"])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        by_hand = sum(logp[k - 1, ids[k]].item() for k in range(len(ids) - n_target, len(ids)))
+        assert scored.loc[i, "n_target"] == n_target
+        assert scored.loc[i, "logprob_sum"] == pytest.approx(by_hand, rel=1e-4)
+
+
 def test_scores_match_hand_computation(model, tiny_tokenizer):
     inputs = ["The quick brown fox jumps over the", "Memory vectors store"]
     targets = ["lazy dog", "facts"]
@@ -93,3 +126,15 @@ def test_bad_pairs():
         encode_pairs(Tok(), ["a", "b"], ["c"])
     with pytest.raises(ValueError, match="probe 0: empty"):
         encode_pairs(Tok(), [""], ["c"])
+    with pytest.raises(ValueError, match="probe 0: empty"):
+        encode_pairs(Tok(), ["a"], [" "])
+
+    class Merging(Tok):
+        """A slow tokenizer whose input tokens change when the target follows."""
+        bos_token_id = None
+
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [[len(t)] for t in texts]}
+
+    with pytest.raises(ValueError, match="input's tokens change"):
+        encode_pairs(Merging(), ["ab"], ["c"])
