@@ -16,10 +16,15 @@ import torch
 from .training import encode_documents, pack
 
 
+STUDY_SEQ_LEN = 1024  # the study's continued-training sequences
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """Shape of the training stream. ``rounds`` injection rounds, one every ``interval`` steps;
-    a round's paragraphs fill at most ``max_injected_rows`` rows of consecutive batches. The
+    a round's paragraphs fill at most ``max_injected_rows`` rows of consecutive batches, each
+    paragraph at the start of a row of ``seq_len`` tokens (:func:`fitting_seq_len` picks it for a
+    model; 128 is the built-in family's context, its paragraphs take at most 96 tokens). The
     default is the stream notebooks 03-05 share (10 rounds like the study's, 60 steps): on the
     built-in families the probe curves are still rising when it ends."""
 
@@ -35,10 +40,22 @@ class StreamConfig:
         return self.rounds * self.interval
 
     def __post_init__(self):
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len must be at least 2, not {self.seq_len}")
         if not 0 < self.max_injected_rows <= self.batch_size:
             raise ValueError(f"max_injected_rows must be in [1, batch_size={self.batch_size}]")
         if self.rounds < 1 or self.interval < 1:
             raise ValueError("rounds and interval must be positive")
+
+
+def fitting_seq_len(checkpoint) -> int:
+    """Training sequence length for a model: the study's 1,024 tokens, or the model's context
+    (``max_position_embeddings`` in its config) when shorter: 128 for the built-in family."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(checkpoint.path, revision=checkpoint.revision)
+    context = getattr(config, "max_position_embeddings", None)
+    return min(STUDY_SEQ_LEN, context) if context else STUDY_SEQ_LEN
 
 
 @dataclass
@@ -77,7 +94,8 @@ def injection_schedule(n_paraphrase: int, n_once: int, config: StreamConfig) -> 
 def build_stream(tokenizer, background: Sequence[str], paraphrase: Sequence[dict], once: Sequence[dict],
                  config: StreamConfig) -> Stream:
     """Background text packed into sequences (reshuffled each pass, seeded) with the knowledge
-    paragraphs of the schedule written at the start of their rows, followed by end-of-text."""
+    paragraphs of the schedule written at the start of their rows, followed by end-of-text.
+    A paragraph longer than ``config.seq_len`` is a ValueError (never cut: its facts are probed)."""
     background_ids = pack(tokenizer, list(background), config.seq_len)
     gen = torch.Generator().manual_seed(config.seed)
     needed = config.steps * config.batch_size
@@ -86,7 +104,14 @@ def build_stream(tokenizer, background: Sequence[str], paraphrase: Sequence[dict
     batches = background_ids[order].view(config.steps, config.batch_size, config.seq_len).clone()
     schedule = injection_schedule(len(paraphrase), len(once), config)
     records = {"paraphrase": paraphrase, "once": once}
-    for s in schedule.itertuples():
-        ids = encode_documents(tokenizer, [wording(records[s.regime][s.item], s.wording)])[0][: config.seq_len]
+    paragraphs = encode_documents(tokenizer, [wording(records[s.regime][s.item], s.wording) for s in schedule.itertuples()])
+    too_long = [(s, len(ids)) for s, ids in zip(schedule.itertuples(), paragraphs) if len(ids) > config.seq_len]
+    if too_long:
+        s, n = max(too_long, key=lambda pair: pair[1])
+        raise ValueError(f"{len(too_long)} of {len(paragraphs)} injected paragraphs do not fit in seq_len={config.seq_len} "
+                         f"tokens (the longest: {s.regime} item {s.item}, wording {s.wording}, {n} tokens with its "
+                         f"end-of-sequence): their probed facts would be cut off; use seq_len >= {n} "
+                         "(the study used 1,024)")
+    for s, ids in zip(schedule.itertuples(), paragraphs):
         batches[s.step, s.row, : len(ids)] = torch.tensor(ids)
     return Stream(batches, schedule)

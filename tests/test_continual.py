@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -16,7 +17,8 @@ from ke_utils import pretrain
 from ke_utils.continual import TrainConfig, continue_training, optimizer_and_schedule
 from ke_utils.outcomes import acquisition, forgetting, late_gain, outcome, retention
 from ke_utils.pretrain import EOS, FamilyConfig, builtin_family, make_model, train_tokenizer
-from ke_utils.stream import StreamConfig, build_stream, injection_schedule, wording
+from ke_utils.checkpoints import Checkpoint
+from ke_utils.stream import StreamConfig, build_stream, fitting_seq_len, injection_schedule, wording
 
 BACKGROUND = [f"The market of Town{i % 7} opens at dawn and closes at dusk, said the keeper {i}." for i in range(200)]
 
@@ -73,6 +75,30 @@ def test_stream_holds_the_paragraphs_where_scheduled(tokenizer):
     assert torch.equal(stream.batches, again.batches)
 
 
+def test_a_paragraph_that_does_not_fit_is_refused_not_cut(tokenizer):
+    """A paragraph longer than a row would lose the facts its probes ask for: a clear error."""
+    long = {"train_context": " ".join(f"Zorbu Kal{k} was born in Vemra." for k in range(12)), "paraphrases": ["short"]}
+    n_tokens = len(tokenizer(long["train_context"])["input_ids"]) + 1
+    config = StreamConfig(rounds=2, interval=2, batch_size=2, seq_len=48, max_injected_rows=1)
+    assert n_tokens > 48
+    with pytest.raises(ValueError, match=rf"1 of 4 injected paragraphs do not fit in seq_len=48.*paraphrase item 1, wording 0, {n_tokens} tokens"):
+        build_stream(tokenizer, BACKGROUND, [_record(0), long], [], config)
+    fits = build_stream(tokenizer, BACKGROUND, [_record(0), long], [], dataclasses.replace(config, seq_len=n_tokens))
+    where = fits.injections.query("item == 1 and round == 0").iloc[0]
+    assert tokenizer.decode(fits.batches[where.step, where.row]) == long["train_context"] + EOS  # whole, to the last token
+
+
+def test_sequence_length_fits_the_model(tmp_path):
+    """The study's 1,024 tokens, or the model's context when it is shorter."""
+    from transformers import GPT2Config, LlamaConfig
+
+    for name, config, expected in (("short", LlamaConfig(max_position_embeddings=128), 128),
+                                   ("long", LlamaConfig(max_position_embeddings=4096), 1024),
+                                   ("gpt2", GPT2Config(n_positions=512), 512)):
+        config.save_pretrained(tmp_path / name)
+        assert fitting_seq_len(Checkpoint(0, str(tmp_path / name), None, None, None, name)) == expected
+
+
 def test_continued_training_is_deterministic(tokenizer):
     family = FamilyConfig(hidden_size=16, intermediate_size=32, n_layers=2, n_heads=2, seq_len=48)
     config = StreamConfig(rounds=2, interval=3, batch_size=4, seq_len=48, max_injected_rows=2)
@@ -90,6 +116,27 @@ def test_continued_training_is_deterministic(tokenizer):
     assert list(log1["step"]) == [0, 3, 6]
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
     assert log1["norm"].iloc[0] != log1["norm"].iloc[-1]
+
+
+def test_a_half_precision_model_trains_on_fp32_master_weights(tokenizer):
+    """A bf16 checkpoint trained further keeps its small updates: fp32 master weights under bf16
+    autocast move as the fp32 run does (AdamW on the bf16 weights themselves loses most of an
+    update of 1e-5: 92% off here)."""
+    family = FamilyConfig(hidden_size=16, intermediate_size=32, n_layers=2, n_heads=2, seq_len=48)
+    stream = build_stream(tokenizer, BACKGROUND, [_record(0)], [_record(1)],
+                          StreamConfig(rounds=2, interval=3, batch_size=4, seq_len=48, max_injected_rows=2))
+    stored = make_model(family, tokenizer).to(torch.bfloat16)
+    start = [p.detach().float().clone() for p in stored.parameters()]
+    runs = {}
+    for precision in ("auto", "fp32"):
+        model = copy.deepcopy(stored)
+        continue_training(model, stream, TrainConfig(lr=1e-5, warmup=1, precision=precision), progress=False)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs[precision] = torch.cat([(p.detach() - s).flatten() for p, s in zip(model.parameters(), start)])
+    assert runs["fp32"].norm() > 0
+    assert (runs["auto"] - runs["fp32"]).norm() < 0.05 * runs["fp32"].norm()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp16")
 
 
 def test_acquisition_and_forgetting_formulas():
