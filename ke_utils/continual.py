@@ -4,6 +4,7 @@ the way."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .training import optimizer, train_step
 
 
 PROTOCOLS = ("study", "matched", "resumed")
+PRECISIONS = ("auto", "fp32", "bf16-mixed")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class TrainConfig:
       decay included) continued at its own pretraining learning rate, constant, no warmup.
     ``weight_decay`` and ``betas`` apply to the fresh optimizers only. ``own_lr``: the checkpoint's
     pretraining learning rate; None reads the one a built-in checkpoint recorded.
+
+    ``precision``: training always updates fp32 master weights (a model loaded in bf16 or fp16 is
+    cast to fp32 first: AdamW on half-precision weights loses updates below their resolution, and
+    fp16 without loss scaling under- and overflows). ``"bf16-mixed"`` runs forward and backward
+    under bf16 autocast, ``"fp32"`` in full precision, ``"auto"`` picks bf16-mixed for a model
+    loaded in half precision and fp32 otherwise (the built-in family).
     """
 
     lr: float = 1e-3
@@ -42,10 +50,23 @@ class TrainConfig:
     seed: int = 0
     protocol: str = "study"
     own_lr: float | None = None
+    precision: str = "auto"
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+
+
+def master_weights(model, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """Cast ``model``'s floating-point weights to fp32 (in place) and return the autocast context
+    its training steps run under: bf16 autocast for ``"bf16-mixed"`` (and for ``"auto"`` when the
+    model was in half precision), else a no-op."""
+    param = next(model.parameters())
+    mixed = precision == "bf16-mixed" or (precision == "auto" and param.dtype in (torch.float16, torch.bfloat16))
+    model.float()
+    return torch.autocast(param.device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
 
 
 def optimizer_and_schedule(model, config: TrainConfig, steps: int, checkpoint: Checkpoint | None = None):
@@ -85,9 +106,11 @@ def continue_training(
     stream) under ``config.protocol`` (``checkpoint``: where ``model`` was loaded from, for
     ``matched`` and ``resumed``). ``evaluate(model, step)`` runs before training (step 0), after
     each step in ``eval_steps`` and at the end; returns the evaluations as rows, plus the
-    training loss and the learning rate of the last update."""
+    training loss and the learning rate of the last update. The model trains (and is evaluated,
+    before and after alike) on fp32 master weights, and stays in fp32 (``config.precision``)."""
     torch.manual_seed(config.seed)
     steps = len(stream.batches)
+    autocast = master_weights(model, config.precision)
     opt, sched = optimizer_and_schedule(model, config, steps, checkpoint)
     rows = [{"step": 0, **evaluate(model, 0)}] if evaluate else []
     model.train()
@@ -95,7 +118,7 @@ def continue_training(
     for step in tqdm(range(1, steps + 1), desc="continued training", disable=not progress):
         batch = stream.batches[step - 1].to(next(model.parameters()).device)
         lr = sched.get_last_lr()[0]
-        losses.append(train_step(model, batch, opt, sched))
+        losses.append(train_step(model, batch, opt, sched, autocast))
         if evaluate and (step in eval_steps or step == steps):
             rows.append({"step": step, "train_loss": sum(losses[-10:]) / len(losses[-10:]), "lr": lr,
                          **evaluate(model, step)})

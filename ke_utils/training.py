@@ -33,10 +33,12 @@ def optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float])
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def train_step(model, batch: torch.Tensor, opt, sched) -> float:
-    """One language-model step on ``batch`` (``[batch, seq]`` token ids), gradients clipped to
+def train_step(model, batch: torch.Tensor, opt, sched, autocast=contextlib.nullcontext()) -> float:
+    """One language-model step on ``batch`` (``[batch, seq]`` token ids), the forward pass under
+    ``autocast`` (e.g. ``torch.autocast("cuda", dtype=torch.bfloat16)``), gradients clipped to
     norm 1; returns the loss."""
-    loss = model(input_ids=batch, labels=batch).loss
+    with autocast:
+        loss = model(input_ids=batch, labels=batch).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
