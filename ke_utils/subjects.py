@@ -24,12 +24,14 @@ DEFAULT_HUB_TEXTS = ("allenai/c4", "en", "validation", "text")
 
 @dataclass
 class Subject:
-    """``family``: the built-in family's name (``"overtrained"``, ``"capacity"``), None otherwise."""
+    """``family``: the built-in family's name (``"overtrained"``, ``"capacity"``), None otherwise;
+    ``text_source``: the reader's own texts (see :func:`read_texts`) when given, else None."""
 
     name: str
     checkpoints: list[Checkpoint]
     texts: list[str]
     family: str | None = None
+    text_source: str | None = None
 
     @property
     def is_builtin(self) -> bool:
@@ -96,4 +98,4 @@ def load_subject(
         checkpoints = select(checkpoints, steps=steps)
     elif n_checkpoints is not None:
         checkpoints = select(checkpoints, n_log=n_checkpoints)
-    return Subject(subject, checkpoints, documents, family)
+    return Subject(subject, checkpoints, documents, family, texts)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ke_utils import subjects
+from ke_utils import setups, subjects
+from ke_utils.setups import subject_setup
 from ke_utils.subjects import load_subject, read_texts
 
 DOCS = ["The first document.", "", "  The second one.  ", "A third.", "And a fourth."]
@@ -31,6 +32,12 @@ def test_a_local_folder_and_a_text_file_need_no_network(tmp_path, tiny_tokenizer
     subject = load_subject(str(tmp_path / "family"), texts=str(tmp_path / "docs.txt"), n_docs=3)
     assert [c.step for c in subject.checkpoints] == [0, 10] and not subject.is_builtin
     assert subject.texts == ["The first document.", "The second one.", "A third."]  # blank lines skipped
+    # the continued-training setup reads its background and held-out text from the same file
+    monkeypatch.setattr(setups, "hub_texts", no_network)
+    monkeypatch.setattr(setups, "load_task", lambda name, n: ([{"context": "Q:", "choices": ["a", "b"], "label": 0}], "acc"))
+    setup = subject_setup(subject, n_background=3, n_heldout=1, tasks=("sciq",))
+    assert setup.background == ["The first document.", "The second one.", "A third."]
+    assert setup.heldout == ["And a fourth."] and list(setup.tasks) == ["sciq"]
 
 
 def test_a_datasets_folder(tmp_path):
