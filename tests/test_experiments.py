@@ -160,7 +160,7 @@ def test_reactivation_findings_from_a_hand_made_summary():
             ("random p=0.5 q=2", "random", 0.5, 2.0, 0.66, 0.03, 0.605, 0.0005, 0.40),
             ("most p=0.5 q=2", "most", 0.5, 2.0, 0.50, 0.01, 0.600, 0.0005, 0.30)]
     columns = ["variant", "select", "ratio", "factor", "gain_beyond_control_paraphrase_mem",
-               "gain_beyond_control_paraphrase_mem_std", "acquisition_paraphrase_mem", "acquisition_paraphrase_mem_std",
+               "gain_beyond_control_paraphrase_mem_std", "acquisition_paraphrase_all", "acquisition_paraphrase_all_std",
                "retention"]
     summary = pd.DataFrame(rows, columns=columns)
     base, lifted, findings = reactivation_findings(summary)
