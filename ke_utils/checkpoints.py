@@ -188,7 +188,8 @@ def select(
       nearest each of n targets between the first and last step, deduplicated (``n=1``: the last);
       needs steps increasing in list order (one stage: filter several stages first);
     - ``steps=[...]``: exactly these steps (every checkpoint with that step); a missing step is a
-      ValueError that names the nearest available ones.
+      ValueError that names the nearest available ones. Steps are not rounded: OLMo-1B's "118k"
+      checkpoint is step 117850 (``study.OLMO_1B_CHECKPOINT_STEPS`` has the study's four).
 
     With none of them, all checkpoints are returned.
     """

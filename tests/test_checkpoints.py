@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import weakref
+from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
@@ -15,6 +17,7 @@ from huggingface_hub.errors import RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import httpx
 
+from ke_utils import study
 from ke_utils.checkpoints import (
     Checkpoint,
     checkpoint_fingerprint,
@@ -65,6 +68,9 @@ def family(tmp_path_factory):
     ("step1000-tokens4B", (1000, 4_000_000_000, None)),
     ("step1000-tokens4194M", (1000, 4_194_000_000, None)),
     ("step20000-tokens84B", (20000, 84_000_000_000, None)),
+    ("step117850-tokens494B", (117850, 494_000_000_000, None)),
+    ("step738020-tokens3095B", (738020, 3_095_000_000_000, None)),
+    ("step738020-tokens3094B", (738020, 3_094_000_000_000, None)),  # OLMo-1B-hf's name for that step
     ("stage1-step928646-tokens3896B", (928646, 3_896_000_000_000, "stage1")),
     ("stage2-ingredient1-step11931-tokens100B", (11931, 100_000_000_000, "stage2-ingredient1")),
     ("step143000", (143000, None, None)),
@@ -189,6 +195,68 @@ def test_hub_checkpoints_none(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "list_repo_refs", fake_refs(["main", "dev"]))
     with pytest.raises(ValueError, match="no checkpoint branches"):
         hub_checkpoints("org/model")
+
+
+OLMO_1B_BRANCHES = Path(__file__).parent / "data" / "olmo_1b_branches.txt"
+
+
+def olmo_1b_names() -> list[str]:
+    """The checkpoint branch names of allenai/OLMo-1B (its revisions.txt), in training order."""
+    lines = OLMO_1B_BRANCHES.read_text().splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+@pytest.fixture
+def olmo_1b(monkeypatch):
+    """hub_checkpoints of allenai/OLMo-1B on its real branch names, given shuffled and with `main`."""
+    names = [*olmo_1b_names(), "main"]
+    random.Random(1).shuffle(names)
+    monkeypatch.setattr(huggingface_hub, "list_repo_refs", fake_refs(names))
+    return hub_checkpoints(study.OLMO_1B_REPO)
+
+
+def test_hub_checkpoints_real_olmo_1b(olmo_1b):
+    names = olmo_1b_names()
+    assert len(names) == 335 and len(set(names)) == 335
+    ckpts = olmo_1b
+    assert len(ckpts) == 335  # every checkpoint branch parsed, `main` dropped
+    assert [c.name for c in ckpts] == names  # the file is in training order: sorted back into it
+    steps = [c.step for c in ckpts]
+    assert steps[:3] == [20000, 30000, 40000] and steps[-2:] == [738000, 738020]
+    assert all(a < b for a, b in zip(steps, steps[1:]))
+    assert [s for s in steps if 117850 < s < 330000] == []  # the gap in the run's checkpoints
+    assert steps[steps.index(117850) + 1] == 330000
+    assert all(c.revision == c.name and c.path == "allenai/OLMo-1B" and c.stage is None for c in ckpts)
+    # tokens: step x 2048 x 2048, rounded to whole billions in the name
+    assert ckpts[0].tokens == 84_000_000_000 and ckpts[-1].tokens == 3_095_000_000_000
+    for c in ckpts:
+        assert c.tokens == int(re.fullmatch(r"step\d+-tokens(\d+)B", c.name)[1]) * 10**9
+        assert c.tokens == round(c.step * 2048 * 2048 / 1e9) * 10**9
+    assert ckpts[-1].label == "step 738,020 (3.1T tokens)"
+
+    with_main = hub_checkpoints(study.OLMO_1B_REPO, include_main=True)
+    assert len(with_main) == 336 and with_main[-1].name == "main" and with_main[-1].step == 738020
+
+
+def test_study_checkpoints_on_the_hub(olmo_1b):
+    chosen = select(olmo_1b, steps=study.OLMO_1B_CHECKPOINT_STEPS)
+    assert tuple(c.name for c in chosen) == study.OLMO_1B_REVISIONS
+    assert tuple(c.revision for c in chosen) == study.OLMO_1B_REVISIONS
+    assert [c.tokens for c in chosen] == [494 * 10**9, 1548 * 10**9, 2324 * 10**9, 3095 * 10**9]
+    # the paper's rounded steps: 118k is not a checkpoint, and the error names 117850 next to it
+    with pytest.raises(ValueError, match=r"steps not available: 118000 \(nearest: \[117000, 117850\]\)$"):
+        select(olmo_1b, steps=study.OLMO_1B_STEPS)
+    # 738k exists as a step too, but it is not the final checkpoint the study started from
+    assert [c.name for c in select(olmo_1b, steps=[738_000])] == ["step738000-tokens3095B"]
+
+
+def test_study_constants_agree():
+    assert study.OLMO_1B_REPO == "allenai/OLMo-1B" and study.OLMO_1B_HF_REPO == "allenai/OLMo-1B-hf"
+    parsed = [parse_checkpoint_name(name) for name in study.OLMO_1B_REVISIONS]
+    assert tuple(step for step, _, _ in parsed) == study.OLMO_1B_CHECKPOINT_STEPS
+    pairs = zip(study.OLMO_1B_CHECKPOINT_STEPS, study.OLMO_1B_STEPS)
+    assert all(abs(exact - rounded) <= 200 for exact, rounded in pairs)
+    assert set(study.OLMO_1B_REVISIONS) <= set(olmo_1b_names())
 
 
 def test_missing_revision_is_clear(monkeypatch):
