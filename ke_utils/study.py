@@ -22,6 +22,9 @@ OLMO_1B_REVISIONS = ("step117850-tokens494B", "step369000-tokens1548B", "step554
 # study's checkpoints there by step: select(hub_checkpoints(OLMO_1B_HF_REPO), steps=OLMO_1B_CHECKPOINT_STEPS).
 OLMO_1B_HF_REPO = "allenai/OLMo-1B-hf"
 
+# Continued training (section 3): peak learning rate of the baseline runs, as OLMo-1B's own pretraining peak.
+CONTINUED_PEAK_LR = 4e-4
+
 # Table 1 (baseline): acquisition and forgetting (%) for the four checkpoints above.
 ACQUISITION = (25.2, 24.8, 21.4, 18.8)
 FORGETTING = (10.5, 12.9, 17.0, 19.5)

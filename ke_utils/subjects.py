@@ -2,7 +2,7 @@
 
 ``"builtin"`` (default) is the tiny model family pretrained offline on the generated world;
 ``"builtin:capacity"`` the capacity-bound contrast; a local folder of ``step{N}`` checkpoints; or
-a hub repository id (``"allenai/OLMo-1B-0724-hf"``, ``"EleutherAI/pythia-160m"``) whose branches
+a hub repository id (``"allenai/OLMo-1B-hf"``, ``"EleutherAI/pythia-160m"``) whose branches
 are the checkpoints, with texts streamed from a ``datasets`` corpus, or the reader's own texts
 (``texts=``: a local file or ``datasets`` folder works with no network at all).
 """
@@ -10,12 +10,14 @@ are the checkpoints, with texts streamed from a ``datasets`` corpus, or the read
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 from .checkpoints import Checkpoint, hub_checkpoints, local_checkpoints, select
 from .pretrain import builtin_family, builtin_texts
+from .study import OLMO_1B_CHECKPOINT_STEPS, OLMO_1B_HF_REPO, OLMO_1B_REPO
 
 # Corpus for hub models: (path, config name, split, text column), streamed. C4 is one of the
 # corpora on which the study reported the same trend.
@@ -71,6 +73,17 @@ def read_texts(source: str, n_docs: int) -> list[str]:
     if len(docs) < n_docs:
         warnings.warn(f"{source} has {len(docs)} documents, fewer than the {n_docs} asked for; using all of them")
     return list(docs[:n_docs])
+
+
+def default_stages(subject: str, builtin: Sequence[int], study: Sequence[int] = OLMO_1B_CHECKPOINT_STEPS) -> list[int]:
+    """Starting checkpoints (steps) of a notebook: ``builtin`` for a built-in family, ``study`` (the
+    study's OLMo-1B checkpoints, or some of them) for the OLMo-1B repositories; any other subject
+    has to name its own (ValueError)."""
+    if subject.startswith("builtin"):
+        return list(builtin)
+    if subject in (OLMO_1B_REPO, OLMO_1B_HF_REPO):
+        return list(study)
+    raise ValueError(f"no default stages for {subject!r}: set STAGES to the steps of its checkpoints to start from")
 
 
 def load_subject(

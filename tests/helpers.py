@@ -55,9 +55,10 @@ def make_model(family: str, seed: int = 0):
     return model
 
 
-# A built-in family small enough to pretrain in a few seconds: 3 checkpoints of a 2-layer model.
+# A built-in family small enough to pretrain in a few seconds: 3 checkpoints of a 2-layer model, whose
+# context (256 tokens) holds its longest knowledge paragraph (about 200 tokens of its small vocabulary).
 MINI = FamilyConfig(
     world=WorldConfig(seed=3, n_people=8, n_paraphrase_people=2, n_once_people=1),
     n_train_docs=150, n_heldout_docs=20, vocab_size=320, hidden_size=16, intermediate_size=32,
-    n_layers=2, n_heads=2, seq_len=32, batch_size=4, steps=6, warmup=2, checkpoint_steps=(0, 3, 6),
+    n_layers=2, n_heads=2, seq_len=256, batch_size=4, steps=6, warmup=2, checkpoint_steps=(0, 3, 6),
 )

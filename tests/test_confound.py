@@ -15,10 +15,11 @@ from helpers import MINI
 from ke_utils import confound
 from ke_utils.batching import text_batches
 from ke_utils.checkpoint_sweep import sweep
-from ke_utils.checkpoints import load_checkpoint
+from ke_utils.checkpoints import Checkpoint, load_checkpoint
 from ke_utils.confound import key_numbers as confound_key_numbers
 from ke_utils.confound import verdicts as confound_verdicts
 from ke_utils.confound import (causal_test, confound_experiment, cosine_lr, match_knowledge_entropy, olmo_1b_lr,
+                               pretraining_lr_of,
                                own_lr, protocol_experiment,
                                stage_differences, variance_explained)
 from ke_utils.continual import TrainConfig
@@ -55,6 +56,16 @@ def test_own_lr_is_the_recorded_one(family):
     ckpts, _ = family
     assert [own_lr(c) for c in ckpts] == pytest.approx([cosine_lr(c.step, COSINE.lr, COSINE.warmup, COSINE.steps)
                                                         for c in ckpts], rel=1e-12, abs=1e-15)
+    assert pretraining_lr_of("builtin:decayed") is own_lr
+
+
+def test_pretraining_lr_of_the_study_model():
+    """OLMo-1B's schedule for both of its repositories; no guess for any other hub model."""
+    for repo in ("allenai/OLMo-1B", "allenai/OLMo-1B-hf"):
+        lr_of = pretraining_lr_of(repo)
+        assert lr_of(Checkpoint(738020, repo, "step738020-tokens3095B", None, None, "x")) == pytest.approx(4.0e-5, rel=0.01)
+    with pytest.raises(ValueError, match="set LR_OF"):
+        pretraining_lr_of("EleutherAI/pythia-160m")
 
 
 def test_variance_explained_on_known_data():
@@ -91,7 +102,7 @@ def test_reactivation_reaches_a_target_knowledge_entropy(family):
 def test_protocol_experiment_records_the_learning_rates(family, capsys):
     ckpts, root = family
     setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
-    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=32, max_injected_rows=2)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
     results, logs = protocol_experiment(ckpts[1:], setup, stream, TrainConfig(lr=3e-3, warmup=1), progress=False)
     assert list(zip(results.protocol, results.step)) == [(p, s) for p in ("study", "matched", "resumed") for s in (3, 6)]
     lrs = {c.step: own_lr(c) for c in ckpts}
@@ -112,7 +123,7 @@ def test_protocol_experiment_records_the_learning_rates(family, capsys):
 def test_causal_test_trains_the_reactivated_late_checkpoint(family):
     ckpts, root = family
     setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
-    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=32, max_injected_rows=2)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
     texts = builtin_texts("heldout", 10, COSINE, root)
     tokenizer = AutoTokenizer.from_pretrained(ckpts[-1].path)
     model, batches = load_checkpoint(ckpts[-1]), text_batches(tokenizer, texts)
@@ -145,7 +156,7 @@ def test_confound_experiment_runs_every_protocol_contrast_and_the_causal_test(fa
     subjects = [Subject("builtin:mini", [ckpts[1], ckpts[-1]], texts, "mini")]
     contrasts = [Subject("builtin:flat-seed0", [constant[1], constant[-1]], texts, "flat-seed0")]
     setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
-    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=32, max_injected_rows=2)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
     calls = []
 
     def fake_causal_test(late, target, *args):  # the mini family's early KE is out of reactivation's reach

@@ -25,7 +25,7 @@ from ke_utils.setups import builtin_setup
 from ke_utils.stats import mean_and_spread
 from ke_utils.stream import StreamConfig
 
-STREAM = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=32, max_injected_rows=2)
+STREAM = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
 TRAIN = TrainConfig(lr=3e-3, warmup=1)
 
 

@@ -66,3 +66,17 @@ def test_anything_else_is_a_hub_dataset(monkeypatch):
     monkeypatch.setattr(subjects, "hub_texts", lambda n, source: calls.append((n, source)) or ["a", "b"])
     assert read_texts("someone/corpus", 2) == ["a", "b"]
     assert calls == [(2, ("someone/corpus", None, "train", "text"))]
+
+
+def test_default_stages():
+    """The study's exact OLMo-1B checkpoints for both of its repositories, the notebook's own for
+    the built-in family, and a clear error for a model the project knows no stages of."""
+    from ke_utils import study
+    from ke_utils.subjects import default_stages
+
+    assert default_stages("builtin:decayed", [300, 1200]) == [300, 1200]
+    for repo in ("allenai/OLMo-1B", "allenai/OLMo-1B-hf"):
+        assert default_stages(repo, [300, 1200]) == [117850, 369000, 554000, 738020]
+        assert default_stages(repo, [300], study=study.OLMO_1B_CHECKPOINT_STEPS[::3]) == [117850, 738020]
+    with pytest.raises(ValueError, match="set STAGES"):
+        default_stages("EleutherAI/pythia-160m", [300])
