@@ -57,9 +57,16 @@ def olmo_1b_lr(step: int) -> float:
     return cosine_lr(step, **OLMO_1B_SCHEDULE)
 
 
-def pretraining_lr_of(subject: str) -> Callable[[Checkpoint], float]:
-    """How to know a checkpoint's pretraining learning rate: what a built-in checkpoint recorded,
-    or OLMo-1B's schedule for its hub repositories; any other subject needs its own (ValueError)."""
+def pretraining_lr_of(subject: str, given: float | Callable[[Checkpoint], float] | None = None
+                      ) -> Callable[[Checkpoint], float]:
+    """How to know a checkpoint's pretraining learning rate: ``given`` (a function of the
+    checkpoint, or one number for every checkpoint, e.g. a constant-LR run), else what a built-in
+    checkpoint recorded, or OLMo-1B's schedule for its hub repositories; for any other subject
+    ``given`` is needed (ValueError)."""
+    if callable(given):
+        return given
+    if given is not None:
+        return lambda checkpoint: float(given)
     if subject.startswith("builtin"):
         return own_lr
     if subject in (study.OLMO_1B_REPO, study.OLMO_1B_HF_REPO):
@@ -150,21 +157,23 @@ def variance_explained(frame: pd.DataFrame, outcome: str,
 
 def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, stream_config: StreamConfig,
                 train_config: TrainConfig, texts: Sequence[str], seeds: Sequence[int] = (0,), eval_every: int = 0,
-                random_control: bool = False, device: str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame, Reactivation]:
+                random_control: bool = False, device: str = "cpu", lr_of: Callable[[Checkpoint], float] | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, Reactivation]:
     """Raise ``late``'s knowledge entropy on ``texts`` to ``target_ke`` (nats; e.g. an earlier
     checkpoint's) with :func:`match_knowledge_entropy`, then train the modified model as
     :func:`protocol_experiment` trains the checkpoints under ``study`` (the only protocol that
     needs no optimizer state of the model's own). ``random_control``: also train the control with
     the same factor on as many randomly chosen neurons (per seed), which changes the weights as
     much without aiming at the least-used neurons. Returns ``(results, logs, report)``: rows with
-    :func:`~ke_utils.outcomes.outcome`, the learning rates of ``late``, ``normalized`` (the KE
-    reached, normalised) and ``label`` (``"reactivated"``, ``"random neurons"``)."""
+    :func:`~ke_utils.outcomes.outcome`, the learning rates of ``late`` (its pretraining LR from
+    ``lr_of``, default: what a built-in checkpoint recorded), ``normalized`` (the KE reached,
+    normalised) and ``label`` (``"reactivated"``, ``"random neurons"``)."""
     tokenizer = AutoTokenizer.from_pretrained(late.path, revision=late.revision)
     model = load_checkpoint(late, device=device)
     batches = text_batches(tokenizer, texts)
     means = coefficient_means(model, batches)  # one pass, for the bisection and the random control
     modified, report, ke = match_knowledge_entropy(model, batches, target_ke, means=means)
-    lr = own_lr(late)
+    lr = (lr_of or own_lr)(late)
     results, logs = [], []
     for seed in seeds:
         variants = {"reactivated": (copy.deepcopy(modified), ke)}
@@ -235,7 +244,8 @@ def confound_experiment(subjects: Sequence[Subject], setup: KnowledgeSetup, stre
             early, late = subject.checkpoints[0], subject.checkpoints[-1]
             target = float(stages.loc[stages["step"] == early.step, "ke"].iloc[0])
             causal, causal_log, lifts[subject.name] = causal_test(late, target, setup, stream_config, train_config,
-                                                                  subject.texts, seeds, eval_every, random_control, device)
+                                                                  subject.texts, seeds, eval_every, random_control, device,
+                                                                  lr_of=lr_of)
             result, log = pd.concat([result, causal], ignore_index=True), pd.concat([log, causal_log], ignore_index=True)
         results.append(result.assign(subject=subject.name, pretrain_seed=index))
         logs.append(log.assign(subject=subject.name, pretrain_seed=index))

@@ -66,6 +66,9 @@ def test_pretraining_lr_of_the_study_model():
         assert lr_of(Checkpoint(738020, repo, "step738020-tokens3095B", None, None, "x")) == pytest.approx(4.0e-5, rel=0.01)
     with pytest.raises(ValueError, match="set LR_OF"):
         pretraining_lr_of("EleutherAI/pythia-160m")
+    pythia = Checkpoint(143000, "EleutherAI/pythia-160m", "step143000", None, None, "step143000")
+    assert pretraining_lr_of("EleutherAI/pythia-160m", 6e-4)(pythia) == 6e-4  # one number: every checkpoint's
+    assert pretraining_lr_of("EleutherAI/pythia-160m", lambda c: c.step * 1e-9)(pythia) == pytest.approx(1.43e-4)
 
 
 def test_variance_explained_on_known_data():
@@ -159,18 +162,22 @@ def test_confound_experiment_runs_every_protocol_contrast_and_the_causal_test(fa
     stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
     calls = []
 
-    def fake_causal_test(late, target, *args):  # the mini family's early KE is out of reactivation's reach
-        calls.append((late.step, target))
+    def fake_causal_test(late, target, *args, lr_of=None):  # the mini family's early KE is out of reactivation's reach
+        calls.append((late.step, target, lr_of))
         return pd.DataFrame([{"step": late.step, "label": "reactivated"}]), pd.DataFrame([{"label": "reactivated"}]), "lift"
 
     monkeypatch.setattr(confound, "causal_test", fake_causal_test)
+    def recorded(checkpoint):  # the LR the checkpoints recorded, under another name
+        return own_lr(checkpoint)
+
     results, logs, lifts = confound_experiment(subjects, setup, stream, TrainConfig(lr=3e-3, warmup=1),
-                                               ("study", "matched"), contrasts=contrasts, progress=False)
+                                               ("study", "matched"), contrasts=contrasts, lr_of=recorded, progress=False)
     assert list(zip(results.label, results.step)) == [("study", 3), ("study", 6), ("matched", 3), ("matched", 6),
                                                       ("reactivated", 6), ("flat (study)", 3), ("flat (study)", 6)]
     assert lifts == {"builtin:mini": "lift"} and results["pretrain_seed"].tolist() == [0] * 7
     ke = sweep(subjects[0].checkpoints, texts, progress=False).set_index("step")
-    assert calls == [(6, pytest.approx(ke.loc[3, "ke"], abs=1e-12))]  # the late one, raised to the early one's KE
+    # the late one, raised to the early one's KE, its LR known the way the others' are (a hub model has no record)
+    assert calls == [(6, pytest.approx(ke.loc[3, "ke"], abs=1e-12), recorded)]
     study = results[results.label == "study"].set_index("step")["normalized"]
     assert study.to_dict() == pytest.approx(ke["normalized"].to_dict(), abs=1e-12)
     flat = results[results.label == "flat (study)"]
