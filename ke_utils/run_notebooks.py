@@ -99,9 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     paths = sorted(p for p in args.notebooks.glob("*.ipynb") if not args.only or args.only in p.name)
     if not paths:
         raise SystemExit(f"no notebooks in {args.notebooks}")
-    for name in NOTEBOOK_FAMILIES:
-        builtin_family(name)
-    run(paths, args.out, args.timeout, dict(args.param))
+    parameters = dict(args.param)
+    if str(parameters.get("SUBJECT", "builtin")).startswith("builtin"):  # a hub or local subject needs no build
+        for name in NOTEBOOK_FAMILIES:
+            builtin_family(name)
+    run(paths, args.out, args.timeout, parameters)
     print(f"\nexecuted {len(paths)} notebook(s); results in {args.out}")
 
 

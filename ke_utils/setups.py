@@ -34,6 +34,13 @@ class KnowledgeSetup:
         if (self.retention is None) == (self.tasks is None):
             raise ValueError("give either retention probes or downstream tasks")
 
+    def describe(self) -> str:
+        """One line: the new knowledge, and what retention is measured on."""
+        kept = (f"{len(self.retention)} probes of facts the model knew" if self.tasks is None else
+                "the downstream tasks " + ", ".join(f"{name} ({len(items)} items)" for name, (items, _) in self.tasks.items()))
+        return (f"{len(self.paraphrase)} paraphrase items, {len(self.once)} once items, {len(self.control)} control people "
+                f"(never injected); retention on {kept}")
+
 
 def builtin_setup(family="overtrained", n_background: int = 3000, n_heldout: int = 200, root=None) -> KnowledgeSetup:
     """The built-in world's held-out people as new knowledge (and its control people), background

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import transformers as tf
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ke_utils.pretrain import FamilyConfig
 from ke_utils.world import WorldConfig
@@ -62,3 +63,21 @@ MINI = FamilyConfig(
     n_train_docs=150, n_heldout_docs=20, vocab_size=320, hidden_size=16, intermediate_size=32,
     n_layers=2, n_heads=2, seq_len=256, batch_size=4, steps=6, warmup=2, checkpoint_steps=(0, 3, 6),
 )
+
+
+def sentencepiece_tokenizer(texts: list[str], vocab_size: int) -> tf.PreTrainedTokenizerFast:
+    """A tokenizer in the shape of Llama-2's tokenizer.json, trained on ``texts``: no
+    pre-tokenizer, a normalizer that prepends the word-boundary mark and turns spaces into it,
+    byte fallback, BOS added first. (Trained with the mark as a split point, so that pieces start
+    at word boundaries as SentencePiece's do.)"""
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       show_progress=False))
+    tok.pre_tokenizer = None
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")

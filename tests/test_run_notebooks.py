@@ -8,6 +8,7 @@ import argparse
 import nbformat
 import pytest
 
+from ke_utils import run_notebooks
 from ke_utils.run_notebooks import inject_parameters, parse_parameter, run
 
 
@@ -48,3 +49,16 @@ def test_run_executes_with_the_parameters_and_reads_the_key_numbers(tmp_path):
     assert summary["numbers"] == [{"notebook": "tiny", "full": False, "seeds": 3}]
     assert summary["seconds"] > 0 and summary["peak_kernel_mb"] > 10
     assert (tmp_path / "out" / "tiny.ipynb").exists()
+
+
+def test_main_builds_the_builtin_families_only_for_a_builtin_subject(tmp_path, monkeypatch):
+    """A real-checkpoint run (SUBJECT a hub id or folder) does not spend minutes pretraining the
+    built-in families; the default run builds them first."""
+    built, ran = [], []
+    monkeypatch.setattr(run_notebooks, "builtin_family", built.append)
+    monkeypatch.setattr(run_notebooks, "run", lambda paths, out, timeout, parameters: ran.append(parameters))
+    (tmp_path / "01.ipynb").write_text("{}")
+    run_notebooks.main(["--notebooks", str(tmp_path), "-p", "SUBJECT=allenai/OLMo-1B-hf", "-p", "DEVICE=cuda"])
+    assert built == [] and ran == [{"SUBJECT": "allenai/OLMo-1B-hf", "DEVICE": "cuda"}]
+    run_notebooks.main(["--notebooks", str(tmp_path)])
+    assert built == list(run_notebooks.NOTEBOOK_FAMILIES) and ran[-1] == {}

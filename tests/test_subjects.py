@@ -38,6 +38,7 @@ def test_a_local_folder_and_a_text_file_need_no_network(tmp_path, tiny_tokenizer
     setup = subject_setup(subject, n_background=3, n_heldout=1, tasks=("sciq",))
     assert setup.background == ["The first document.", "The second one.", "A third."]
     assert setup.heldout == ["And a fourth."] and list(setup.tasks) == ["sciq"]
+    assert setup.describe().endswith("retention on the downstream tasks sciq (1 items)")
 
 
 def test_a_datasets_folder(tmp_path):
