@@ -4,6 +4,7 @@ Knowledge entropy (Kim et al., 2024) is the entropy of how a model spreads its u
 feed-forward memory vectors over a dataset; see docs/method.md and notebooks/01.
 """
 
+from .attribution import UpdateTracker, batch_attribution
 from .batching import length_bucketed_batches, pad_batch, tokenize_documents
 from .checkpoints import Checkpoint, hub_checkpoints, load_checkpoint, local_checkpoints, select
 from .entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy, measure_knowledge_entropy
@@ -19,6 +20,8 @@ __all__ = [
     "CoefficientAccumulator",
     "KnowledgeEntropy",
     "Subject",
+    "UpdateTracker",
+    "batch_attribution",
     "builtin_family",
     "builtin_texts",
     "capture_coefficients",

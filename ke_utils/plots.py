@@ -242,3 +242,46 @@ def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_update_attribution(rows: pd.DataFrame, axes=None):
+    """Notebook 06, one line per ``label`` over its starting checkpoints (x: their normalised KE):
+    the gradient entropy (solid) and the update entropy (dotted); the overlap of the most-updated neurons with the most-used ones (chance
+    dashed); and with the neurons that served the facts forgotten (filled) and kept (open)."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig = axes[0].figure
+    for i, (name, run) in enumerate(rows.groupby("label", sort=False)):
+        colour, run = f"C{i}", run.sort_values("ke")
+        axes[0].plot(run["ke"], run["gradient_entropy"], "o-", color=colour, label=f"{name}: gradient")
+        axes[0].plot(run["ke"], run["update_entropy"], "o:", color=colour, markerfacecolor="none", label=f"{name}: update")
+        axes[1].plot(run["ke"], run["used_updated_jaccard"], "o-", color=colour, label=name)
+        axes[2].plot(run["ke"], run["forgotten_updated_jaccard"], "o-", color=colour, label=f"{name}: forgotten")
+        axes[2].plot(run["ke"], run["kept_updated_jaccard"], "o--", color=colour, markerfacecolor="none",
+                     label=f"{name}: kept")
+    for ax in axes[1:]:
+        ax.axhline(float(rows["chance_jaccard"].iloc[0]), color="0.5", linestyle=":", label="chance")
+    titles = ("entropy of the key gradient and of the key change\n(normalised, over each layer's neurons)", "most-updated vs most-used neurons\n(top-10% Jaccard)",
+              "most-updated vs neurons of old facts\n(top-10% Jaccard)")
+    for ax, title in zip(axes, titles):
+        ax.set_xlabel("normalised KE of the starting checkpoint")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_update_by_usage(runs: dict[str, tuple[torch.Tensor, torch.Tensor]], ax=None, what: str = "update"):
+    """Cumulative share of a per-neuron ``mass`` (``what`` it is, for the axis label) over a
+    layer's neurons sorted from least to most used (``usage``), mean over layers, one curve per run
+    (``{name: (usage, mass)}``, tensors ``[n_layers, d_ff]``); the diagonal ignores use."""
+    fig, ax = _axes(ax, figsize=(5, 4.2))
+    for name, (usage, mass) in runs.items():
+        ordered = mass.gather(1, usage.argsort(dim=1)).double()
+        share = (ordered.cumsum(1) / ordered.sum(1, keepdim=True)).mean(0)
+        ax.plot(np.linspace(0, 1, len(share)), share.cpu().numpy(), label=name)
+    ax.plot([0, 1], [0, 1], color="0.5", linestyle=":", label="ignores use")
+    ax.set_xlabel("neurons, least to most used (fraction of the layer)")
+    ax.set_ylabel(f"share of the {what}")
+    ax.legend(fontsize=8)
+    return fig

@@ -22,9 +22,9 @@ from ke_utils.training import pack
 from ke_utils.stream import wording
 from ke_utils.world import generate_world, generic_documents, knowledge_records
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[1-5]_*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[1-6]_*.ipynb"))
 STEPS = (0, 10, 20, 30)
-STAGES = [10, 30]  # starting checkpoints of notebooks 03-05 (step 0, the random initialisation, is too far to match)
+STAGES = [10, 30]  # starting checkpoints of notebooks 03-06 (step 0, the random initialisation, is too far to match)
 
 
 def save_family(folder: Path, texts: list[str]) -> int:
