@@ -34,6 +34,7 @@ import torch
 
 # The package from this checkout, whatever the working directory (the script lives in bench/).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import add_model_arguments, interleaved, median_ratio, print_table, random_llama, sync  # noqa: E402  (bench/common.py)
 
 TARGETS = {"tracked_over_plain": "<= 1.15"}
 BUDGET = 1.15
@@ -57,12 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for the tests)")
     p.add_argument("--seed", type=int, default=0)
-    model = p.add_argument_group("model (random-initialised LlamaForCausalLM)")
-    model.add_argument("--hidden", type=int, default=256)
-    model.add_argument("--layers", type=int, default=4)
-    model.add_argument("--intermediate", type=int, default=1024, help="d_ff")
-    model.add_argument("--heads", type=int, default=4)
-    model.add_argument("--vocab", type=int, default=4096)
+    add_model_arguments(p)
     data = p.add_argument_group("batches (random token ids)")
     data.add_argument("--batch", type=int, default=8, help="sequences per batch")
     data.add_argument("--seq", type=int, default=128, help="tokens per sequence")
@@ -74,39 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_model(args, device, dtype):
-    import transformers as tf
-
-    torch.manual_seed(args.seed)
-    config = tf.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=max(args.seq, 64), tie_word_embeddings=False,
-    )
-    return tf.LlamaForCausalLM(config).to(device=device, dtype=dtype).train()
+    return random_llama(args, device, dtype, args.seq).train()
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: dict, repeats: int, device) -> dict[str, list[float]]:
-    """Seconds per call of each function; in repeat r the order is rotated by r."""
-    names = list(fns)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            _sync(device)
-            t0 = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def median_ratio(num: list[float], den: list[float]) -> float:
-    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def main(argv=None) -> int:
@@ -183,11 +149,11 @@ def main(argv=None) -> int:
     # Entry + exit alone (snapshot, final changes) and the tracker's memory.
     entry_exit = []
     for _ in range(args.repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with UpdateTracker(model) as tracker:
             nbytes = tracker.nbytes
-        _sync(device)
+        sync(device)
         entry_exit.append(time.perf_counter() - t0)
     mlp_bytes = sum(p.param.numel() * p.param.element_size() for mem in tracker.layers for p in (*mem.keys, mem.value))
     wall = time.perf_counter() - t_start
@@ -210,13 +176,7 @@ def main(argv=None) -> int:
         ("(b) batch_attribution / forward + backward, same batch", f"{attribution_over_fb:.3f}", "-",
          f"median s {statistics.median(tb['attribution']):.4f} vs {statistics.median(tb['forward_backward']):.4f}"),
     ]
-    print(header + (" (--quick: tiny sizes for the tests, figures not representative)" if args.quick else ""))
-    print()
-    print("| figure | measured ratio | target | note |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print()
+    print_table(header, rows, args.quick)
     print(f"Tracked / plain = {tracked_over_plain:.3f}: {'meets' if meets else 'does NOT meet'} the budget of "
           f"{BUDGET}. Tracker memory {nbytes / 2**20:.1f} MB (snapshot of {mlp_bytes / 2**20:.1f} MB of MLP weights "
           f"+ accumulators), whatever the number of steps. Wall time {wall:.1f} s. Check: tracker and "

@@ -37,6 +37,7 @@ import torch
 
 # The package from this checkout, whatever the working directory (the script lives in bench/).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import add_model_arguments, interleaved, median_ratio, print_table, random_llama, sync  # noqa: E402  (bench/common.py)
 
 PAD = 0
 TARGETS = {"ke_over_forward": "<= 1.10", "original_over_ours": ">= 3", "peak_mem_4n_over_n": "~1 (flat)"}
@@ -59,12 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for the tests)")
     p.add_argument("--seed", type=int, default=0)
-    model = p.add_argument_group("model (random-initialised LlamaForCausalLM)")
-    model.add_argument("--hidden", type=int, default=256)
-    model.add_argument("--layers", type=int, default=4)
-    model.add_argument("--intermediate", type=int, default=1024, help="d_ff")
-    model.add_argument("--heads", type=int, default=4)
-    model.add_argument("--vocab", type=int, default=4096)
+    add_model_arguments(p)
     data = p.add_argument_group("documents (lognormal lengths, random token ids)")
     data.add_argument("--max-len", type=int, default=512, help="cap on document length; the original pads to it")
     data.add_argument("--median-len", type=float, default=120.0)
@@ -85,15 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- setup
 
 def make_model(args, device, dtype):
-    import transformers as tf
-
-    torch.manual_seed(args.seed)
-    config = tf.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=max(args.max_len, 64), pad_token_id=PAD, tie_word_embeddings=False,
-    )
-    return tf.LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+    return random_llama(args, device, dtype, args.max_len, pad_token_id=PAD).eval()
 
 
 def make_docs(n: int, args) -> list[list[int]]:
@@ -157,31 +145,6 @@ def full_forward(model, batches, device):
         for b in batches:
             model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device), use_cache=False)
 
-
-# ----------------------------------------------------------------------------- timing
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: dict, repeats: int, device) -> dict[str, list[float]]:
-    """Seconds per call of each function; in repeat r the order is rotated by r."""
-    names = list(fns)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            _sync(device)
-            t0 = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def median_ratio(num: list[float], den: list[float]) -> float:
-    return statistics.median(a / b for a, b in zip(num, den))
 
 
 # ----------------------------------------------------------------------------- memory
@@ -356,13 +319,7 @@ def main(argv=None) -> int:
         ("(c) peak memory added, original / ours, N docs", f"{mem_orig_n / max(mem_n, floor):.2f}", "-",
          f"original {mb(mem_orig_n):.0f} MB for N (its kept activations alone: {kept_mb:.0f} MB per batch)"),
     ]
-    print(header + (" (--quick: tiny sizes for the tests, figures not representative)" if args.quick else ""))
-    print()
-    print("| figure | measured ratio | target | note |")
-    print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print()
+    print_table(header, rows, args.quick)
     print(f"Wall time {wall:.1f} s. Check: the original approach matches coefficient_means(weighting='original') "
           f"to {check:.1e} (max relative difference).")
 

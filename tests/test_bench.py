@@ -17,20 +17,23 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "ke_overhead.py"
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    """One quick run on one thread (fast, and less exposed to other jobs on a small machine):
-    the JSON figures, and the printed table as {label: (measured, note)}."""
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--repeats", "5", "--mem-repeats", "3",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=out.parent,  # not the repo root: the script finds its package
-    )
+def run_bench(script: Path, options: list[str], folder: Path):
+    """Run a benchmark script with ``--json`` into ``folder`` (not the repo root: the script finds its
+    package itself): the JSON figures, what it printed, and its table as {label: (measured, note)}."""
+    out = folder / "bench.json"
+    proc = subprocess.run([sys.executable, str(script), *options, "--json", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=folder)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| figure | measured ratio | target | note |" in proc.stdout
     rows = [line.strip("| ").split(" | ") for line in proc.stdout.splitlines() if line.startswith("| (")]
     return json.loads(out.read_text()), proc.stdout, {label: (measured, note) for label, measured, _, note in rows}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One quick run on one thread (fast, and less exposed to other jobs on a small machine):
+    the JSON figures, and the printed table as {label: (measured, note)}."""
+    return run_bench(SCRIPT, ["--quick", "--threads", "1", "--repeats", "5", "--mem-repeats", "3"], tmp_path_factory.mktemp("bench"))
 
 
 def test_printed_table_matches_the_json(bench):
@@ -82,15 +85,7 @@ ATTRIBUTION_SCRIPT = SCRIPT.parent / "attribution_overhead.py"
 @pytest.fixture(scope="module")
 def attribution_bench(tmp_path_factory):
     """One quick run of bench/attribution_overhead.py on one thread: the JSON figures and the table."""
-    out = tmp_path_factory.mktemp("attribution_bench") / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(ATTRIBUTION_SCRIPT), "--quick", "--threads", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=out.parent,  # not the repo root: the script finds its package
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "| figure | measured ratio | target | note |" in proc.stdout
-    rows = [line.strip("| ").split(" | ") for line in proc.stdout.splitlines() if line.startswith("| (")]
-    return json.loads(out.read_text()), proc.stdout, {label: (measured, note) for label, measured, _, note in rows}
+    return run_bench(ATTRIBUTION_SCRIPT, ["--quick", "--threads", "1"], tmp_path_factory.mktemp("attribution_bench"))
 
 
 def test_attribution_bench_writes_positive_ratios_and_prints_them(attribution_bench):
