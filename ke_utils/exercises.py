@@ -1,0 +1,232 @@
+"""Checks for the exercises: each takes the student's function, compares it with the package's own
+implementation on fresh random inputs, and raises an AssertionError that names the mistake (or
+prints one line when the function is right). In the style of ARENA's exercise checks.
+
+    from ke_utils.exercises import check_knowledge_entropy
+    check_knowledge_entropy(my_knowledge_entropy)   # fn(means [n_layers, d_ff]) -> KE in nats
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+
+from .entropy import coefficient_means, knowledge_entropy
+from .outcomes import acquisition, forgetting
+from .probes import encode_pairs, score_pairs
+from .reactivation import reactivate, up_projection_names
+
+
+def _close(value, expected, rtol: float = 1e-4) -> bool:
+    value, expected = torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    return value.shape == expected.shape and bool(torch.allclose(value, expected, rtol=rtol, atol=1e-8))
+
+
+def _diagnose(value, expected, suspects: dict[str, object], what: str) -> None:
+    """Raise naming the first suspect (a known mistake's result) that ``value`` matches."""
+    if _close(value, expected):
+        return
+    for mistake, result in suspects.items():
+        if _close(value, result):
+            raise AssertionError(f"{what}: {mistake}")
+    value_t, expected_t = torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    if value_t.shape != expected_t.shape:
+        raise AssertionError(f"{what}: returned shape {tuple(value_t.shape)}, expected {tuple(expected_t.shape)}")
+    raise AssertionError(f"{what}: off by up to {float((value_t - expected_t).abs().max()):.3g} "
+                         f"(expected e.g. {expected_t.flatten()[0].item():.6g}, got {value_t.flatten()[0].item():.6g})")
+
+
+def _ok(name: str, cases: int) -> None:
+    print(f"\N{CHECK MARK} {name}: matches the reference on {cases} random cases")
+
+
+def check_knowledge_entropy(fn: Callable[[torch.Tensor], float], cases: int = 4) -> None:
+    """``fn(means)``: mean ``|c|`` ``[n_layers, d_ff]`` -> total knowledge entropy in nats (sum over
+    layers of the entropy of each layer's means normalised to a distribution)."""
+    gen = torch.Generator().manual_seed(1234)
+    for case in range(cases):
+        n_layers, d_ff = 2 + case, 16 * (case + 1)
+        means = torch.distributions.Gamma(0.5, 1.0).sample((n_layers, d_ff)).double() + 1e-6
+        means = means[torch.randperm(n_layers, generator=gen)]
+        ke = knowledge_entropy(means)
+        p = means / means.sum(-1, keepdim=True)
+        suspects = {
+            "log base 2 instead of the natural log (nats)": ke.total / math.log(2),
+            "normalised by n_layers ln d_ff: return the total in nats": ke.normalized,
+            "returned one entropy per layer: sum them": ke.per_layer,
+            "averaged the layers: knowledge entropy is their sum": ke.total / n_layers,
+            "the sign: entropy is -sum p ln p, positive": -ke.total,
+            "normalise each layer's means to sum to 1 before the entropy": float(-(means * means.log()).sum()),
+            "normalised over all layers at once: each layer is its own distribution":
+                float(-(means / means.sum() * (means / means.sum()).log()).sum()),
+            "the log of the means instead of p": float(-(p * means.log()).sum()),
+        }
+        _diagnose(fn(means.clone()), ke.total, suspects, f"knowledge entropy ({n_layers} layers x {d_ff})")
+    _ok("knowledge entropy", cases)
+
+
+def _tiny_llama(seed: int, n_layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=n_layers,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _padded_batch(gen: torch.Generator, lengths: list[int]) -> dict[str, torch.Tensor]:
+    ids = torch.randint(1, 64, (len(lengths), max(lengths)), generator=gen)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+
+
+def check_coefficient_means(fn: Callable[[object, dict], torch.Tensor], cases: int = 3) -> None:
+    """``fn(model, batch)``: a Llama-style model and one right-padded batch (``input_ids``,
+    ``attention_mask``) -> mean ``|c|`` per layer and memory neuron ``[n_layers, d_ff]`` over the
+    real tokens, ``c`` being the input of each layer's ``mlp.down_proj``."""
+    gen = torch.Generator().manual_seed(99)
+    for case in range(cases):
+        model = _tiny_llama(case, n_layers=2 + case % 2)
+        batch = _padded_batch(gen, [9, 5, 3][: 2 + case % 2] if case else [7, 4])
+        expected = coefficient_means(model, [batch])
+        suspects = {}
+        captured = {}
+        handles = [layer.mlp.down_proj.register_forward_pre_hook(
+            lambda m, args, i=i: captured.__setitem__(i, args[0].detach().double())) for i, layer in enumerate(model.model.layers)]
+        try:
+            with torch.no_grad():
+                model.model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+        c = torch.stack([captured[i] for i in range(len(captured))])  # [L, batch, seq, d_ff]
+        mask = batch["attention_mask"].double()
+        real = mask.sum()
+        suspects["padding counted: average over the real tokens only (attention_mask == 1)"] = c.abs().mean((1, 2))
+        suspects["signed coefficients: average |c|, not c"] = (c * mask[None, :, :, None]).sum((1, 2)) / real
+        suspects["summed, not averaged: divide by the number of real tokens"] = (c.abs() * mask[None, :, :, None]).sum((1, 2))
+        per_doc = (c.abs() * mask[None, :, :, None]).sum(2) / mask.sum(1)[None, :, None]
+        suspects["averaged per document first (the 'document' weighting): average over all real tokens"] = per_doc.mean(1)
+        value = fn(model, {k: v.clone() for k, v in batch.items()})
+        if torch.as_tensor(value).shape[-1] == model.config.hidden_size:
+            raise AssertionError("coefficient means: the last dimension is the model width, not d_ff: c is the *input* of "
+                                 "down_proj (a forward pre-hook), not its output")
+        _diagnose(value, expected, suspects, f"coefficient means (case {case})")
+    _ok("coefficient means", cases)
+
+
+def check_acquisition(fn: Callable[[float, float], float]) -> None:
+    """``fn(before, after)``: the study's acquisition ``(K_after - K_before) / |K_before|`` for
+    log-probability scores K (negative numbers)."""
+    for before, after in ((0.5, 1.0), (-4.0, -3.0), (-2.5, -2.75), (-6.0, -1.5)):
+        suspects = {"divided by K_before, not |K_before|: log-probabilities are negative": (after - before) / before,
+                    "before and after swapped": (before - after) / abs(before),
+                    "divided by |K_after|: the study divides by where the run started": (after - before) / abs(after),
+                    "not divided: that is the gain in nats, A is relative": after - before}
+        _diagnose(fn(before, after), acquisition(before, after), suspects, f"acquisition({before}, {after})")
+    _ok("acquisition", 4)
+
+
+def check_forgetting(fn: Callable[[float, float], float]) -> None:
+    """``fn(before, after)``: the study's forgetting ``(P_before - P_after) / P_before`` for a score
+    P where higher is better (accuracy, exact match)."""
+    for before, after in ((0.8, 0.6), (0.5, 0.55), (0.9, 0.3)):
+        suspects = {"that is retention, P_after / P_before: forgetting is 1 minus it": after / before,
+                    "before and after swapped": (after - before) / before,
+                    "divided by P_after: the study divides by P_before": (before - after) / after,
+                    "not divided: F is relative to P_before": before - after}
+        _diagnose(fn(before, after), forgetting(before, after), suspects, f"forgetting({before}, {after})")
+    _ok("forgetting", 3)
+
+
+def check_reactivation(fn: Callable[[object, torch.Tensor, float, float], object], cases: int = 2) -> None:
+    """``fn(model, means, ratio, factor)``: a reactivated *copy* of a Llama-style model: in every
+    layer, the fraction ``ratio`` of neurons with the lowest ``means[l]`` get row j of
+    ``mlp.up_proj`` multiplied by ``factor * mean(means[l]) / means[l, j]``."""
+    gen = torch.Generator().manual_seed(7)
+    for case in range(cases):
+        model = _tiny_llama(10 + case)
+        means = torch.rand(model.config.num_hidden_layers, model.config.intermediate_size, generator=gen).double() + 0.05
+        ratio, factor = (0.5, 2.0) if case == 0 else (0.25, 1.0)
+        before = copy.deepcopy(model.state_dict())
+        result = fn(model, means.clone(), ratio, factor)
+        changed = [name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])]
+        if changed:
+            raise AssertionError(f"reactivation modified the model it was given ({changed[0]}, ...): work on a copy")
+        expected, _ = reactivate(model, means, ratio, factor)
+        ups = up_projection_names(model)
+        got, want = dict(result.named_modules()), dict(expected.named_modules())
+        for layer, name in enumerate(ups):
+            gate = name.replace("up_proj", "gate_proj")
+            if not torch.equal(got[gate].weight, want[gate].weight):
+                raise AssertionError(f"layer {layer}: the gate projection changed: scale the up projection (c = act(gate x) "
+                                     "* up x is linear in up x only, so only there does the factor reach c exactly)")
+            mine_w, want_w = got[name].weight.detach().double(), want[name].weight.detach().double()
+            diff = (mine_w / want_w - 1).abs().max(dim=1).values
+            if bool((diff < 1e-5).all()):
+                continue
+            start = before[f"{name}.weight"].double()
+            mine, ref = (mine_w != start).any(1), (want_w != start).any(1)
+            if mine.sum() == ref.sum() and not torch.equal(mine, ref):
+                raise AssertionError(f"layer {layer}: other neurons were scaled than the {ratio:.0%} least used (lowest means)")
+            raise AssertionError(f"layer {layer}: the factors differ: row j of up_proj gets factor * mean(means[l]) / "
+                                 f"means[l, j] (max relative difference {float(diff.max()):.3g})")
+    _ok("reactivation", cases)
+
+
+SENTENCES = ["Zorbu Kal was born in Vemra.", "The market of Vemra opens at dawn.", "Kal works for Shaeth Foundry.",
+             "Vemra lies on the river Tasse."]
+
+
+def _tiny_tokenizer():
+    """A byte-level BPE trained in memory on :data:`SENTENCES` (no files, no network)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(SENTENCES * 10, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
+                                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                                show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def check_probe_score(fn: Callable[[object, object, str, str], float]) -> None:
+    """``fn(model, tokenizer, input, target)``: the probe score, the mean over the target's tokens of
+    their log-probability (nats) given everything before them, for ``input + " " + target``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tiny_tokenizer()
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=64)).eval()
+    pairs = [("Zorbu Kal was born in", "Vemra."), ("Kal works for", "Shaeth Foundry."), ("Vemra lies on the", "river Tasse.")]
+    for inp, tgt in pairs:
+        expected = float(score_pairs(model, tokenizer, [inp], [tgt])["logprob"].iloc[0])
+        ids, n_in = encode_pairs(tokenizer, [inp], [tgt])[0]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].double()
+        logp, target = logits.log_softmax(-1), torch.tensor(ids[n_in:])
+        shifted = logp[n_in - 1 : len(ids) - 1].gather(-1, target[:, None]).squeeze(-1)
+        suspects = {
+            "off by one: the token at position t is predicted by the logits at t - 1":
+                float(logp[n_in:].gather(-1, target[:, None]).mean()),
+            "summed over the target's tokens: the score is their mean": float(shifted.sum()),
+            "averaged over the input's tokens too: score the target's only":
+                float(logp[:-1].gather(-1, torch.tensor(ids[1:])[:, None]).mean()),
+            "raw logits: take log_softmax first": float(logits[n_in - 1 : len(ids) - 1].gather(-1, target[:, None]).mean()),
+            "probabilities, not log-probabilities": float(shifted.exp().mean()),
+        }
+        _diagnose(fn(model, tokenizer, inp, tgt), expected, suspects, f"probe score of {inp!r} -> {tgt!r}")
+    _ok("probe score", len(pairs))
