@@ -147,3 +147,35 @@ def test_probe_score_check(wrong, message, capsys):
     assert "probe score: matches" in capsys.readouterr().out
     with pytest.raises(AssertionError, match=message):
         check_probe_score(wrong)
+
+
+def test_student_copies_are_in_sync_and_stubbed():
+    """notebooks/exercises/ is what python -m ke_utils.exercise_notebooks makes of the main notebooks,
+    and there every solution is replaced by a NotImplementedError that carries the hint."""
+    import nbformat
+
+    from ke_utils.exercise_notebooks import NOTEBOOKS, build
+
+    assert build(check=True) == [], "run python -m ke_utils.exercise_notebooks"
+    copies = sorted((NOTEBOOKS / "exercises").glob("*.ipynb"))
+    assert [p.name for p in copies] == ["01_what_is_knowledge_entropy.ipynb", "03_acquisition_and_retention.ipynb",
+                                        "04_reactivation.ipynb"]
+    for path in copies:
+        cells = [c for c in nbformat.read(path, as_version=4).cells if "exercise" in c.metadata.get("tags", [])]
+        assert cells and all("BEGIN SOLUTION" not in c.source and "NotImplementedError(" in c.source for c in cells)
+        assert all(c.get("outputs", []) == [] for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+
+
+def test_stub_solution():
+    from ke_utils.exercise_notebooks import stub_solution
+
+    source = "def f(x):\n    ### BEGIN SOLUTION\n    ### HINT: double it\n    return 2 * x\n    ### END SOLUTION\n\ncheck(f)"
+    stubbed = stub_solution(source)
+    assert stubbed == "def f(x):\n    raise NotImplementedError('double it')\n\ncheck(f)"
+    namespace = {}
+    exec(stubbed.replace("check(f)", ""), namespace)
+    with pytest.raises(NotImplementedError, match="double it"):
+        namespace["f"](1)
+    for bad in ("### BEGIN SOLUTION\nx = 1", "x = 1\n### END SOLUTION", "### BEGIN SOLUTION\nx = 1\n### END SOLUTION"):
+        with pytest.raises(ValueError):
+            stub_solution(bad)
