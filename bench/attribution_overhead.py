@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import torch
 
 # The package from this checkout, whatever the working directory (the script lives in bench/).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import add_model_arguments, interleaved, median_ratio, print_table, random_llama, sync  # noqa: E402  (bench/common.py)
+from common import add_model_arguments, interleaved, median_ratio, print_table, random_llama, sync, write_json  # noqa: E402  (bench/common.py)
 
 TARGETS = {"tracked_over_plain": "<= 1.15"}
 BUDGET = 1.15
@@ -194,14 +193,9 @@ def main(argv=None) -> int:
         "tracker_mb": nbytes / 2**20,
         "mlp_weights_mb": mlp_bytes / 2**20,
         "check_max_rel_diff": check,
-        "torch": torch.__version__, "device": device.type, "dtype": args.dtype, "autocast": args.autocast,
-        "threads": torch.get_num_threads(),
-        "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "wall_s": wall,
+        "autocast": args.autocast,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(result, args, device, wall)
     return 0
 
 

@@ -4,6 +4,7 @@ and the median ratio."""
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -66,3 +67,14 @@ def print_table(header: str, rows: list[tuple[str, str, str, str]], quick: bool)
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print()
+
+
+def write_json(result: dict, args: argparse.Namespace, device: torch.device, wall: float) -> None:
+    """``result`` with the environment (torch, device, dtype, threads, options, wall time) added,
+    written to ``args.json`` when given."""
+    result.update({"torch": torch.__version__, "device": device.type, "dtype": args.dtype,
+                   "threads": torch.get_num_threads(), "config": {k: v for k, v in vars(args).items() if k != "json"},
+                   "wall_s": wall})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)

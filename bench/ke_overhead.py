@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import math
 import os
 import statistics
@@ -37,7 +36,7 @@ import torch
 
 # The package from this checkout, whatever the working directory (the script lives in bench/).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import add_model_arguments, interleaved, median_ratio, print_table, random_llama, sync  # noqa: E402  (bench/common.py)
+from common import add_model_arguments, interleaved, median_ratio, print_table, random_llama, sync, write_json  # noqa: E402  (bench/common.py)
 
 PAD = 0
 TARGETS = {"ke_over_forward": "<= 1.10", "original_over_ours": ">= 3", "peak_mem_4n_over_n": "~1 (flat)"}
@@ -334,14 +333,8 @@ def main(argv=None) -> int:
         "memory_method": peak.method,
         "tokens": {"real": real, "ours_positions": ours_padded, "original_positions": orig_padded},
         "check_max_rel_diff": check,
-        "torch": torch.__version__, "device": device.type, "dtype": args.dtype,
-        "threads": torch.get_num_threads(),
-        "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "wall_s": wall,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(result, args, device, wall)
     return 0
 
 

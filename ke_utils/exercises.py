@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from .entropy import coefficient_means, knowledge_entropy
+from .hooks import capture_coefficients
 from .outcomes import acquisition, forgetting
 from .probes import encode_pairs, score_pairs
 from .reactivation import reactivate, up_projection_names
@@ -99,16 +100,9 @@ def check_coefficient_means(fn: Callable[[object, dict], torch.Tensor], cases: i
         batch = _padded_batch(gen, [9, 5, 3][: 2 + case % 2] if case else [7, 4])
         expected = coefficient_means(model, [batch])
         suspects = {}
-        captured = {}
-        handles = [layer.mlp.down_proj.register_forward_pre_hook(
-            lambda m, args, i=i: captured.__setitem__(i, args[0].detach().double())) for i, layer in enumerate(model.model.layers)]
-        try:
-            with torch.no_grad():
-                model.model(**batch)
-        finally:
-            for h in handles:
-                h.remove()
-        c = torch.stack([captured[i] for i in range(len(captured))])  # [L, batch, seq, d_ff]
+        with torch.no_grad(), capture_coefficients(model) as captured:
+            model.model(**batch)
+        c = torch.stack([captured[i].double() for i in range(len(captured))])  # [L, batch, seq, d_ff]
         mask = batch["attention_mask"].double()
         real = mask.sum()
         suspects["padding counted: average over the real tokens only (attention_mask == 1)"] = c.abs().mean((1, 2))

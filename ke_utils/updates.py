@@ -79,6 +79,7 @@ def summarize(attribution: Attribution, fraction: float = TOP) -> dict:
     the rank agreement of use and update, and the shares of the update and of the gradient that
     land on the least-used half."""
     a = attribution
+    used = top_k_jaccard(a.usage, a.key_change, fraction)
 
     def overlap(usage):
         return float(top_k_jaccard(usage, a.key_change, fraction).jaccard.mean()) if usage is not None else float("nan")
@@ -88,12 +89,12 @@ def summarize(attribution: Attribution, fraction: float = TOP) -> dict:
             "value_update_entropy": update_entropy(a.value_change).normalized,
             "gradient_entropy": update_entropy(a.key_grad).normalized,
             "injected_entropy": update_entropy(a.injected).normalized,
-            "used_updated_jaccard": overlap(a.usage),
+            "used_updated_jaccard": float(used.jaccard.mean()),
             "used_gradient_jaccard": float(top_k_jaccard(a.usage, a.key_grad, fraction).jaccard.mean()),
             "forgotten_updated_jaccard": overlap(a.usage_forgotten),
             "kept_updated_jaccard": overlap(a.usage_kept),
             "injected_updated_jaccard": overlap(a.injected),
-            "chance_jaccard": top_k_jaccard(a.usage, a.key_change, fraction).chance,
+            "chance_jaccard": used.chance,
             "used_updated_rank": float(rank_agreement(a.usage, a.key_change).mean()),
             "least_used_update_share": least_used_share(a.usage, a.key_change),
             "least_used_gradient_share": least_used_share(a.usage, a.key_grad)}
