@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """How much does watching where the updates go cost? Every figure is a ratio measured side by side
-in this one process, one run (DESIGN.md section 2):
+in this one process, one run (docs/method.md section 2):
 
 (a) training steps with ``ke_utils.attribution.UpdateTracker`` active / the same plain training
     steps (``ke_utils.training.train_step``: forward, backward, clip to norm 1, AdamW step). Each

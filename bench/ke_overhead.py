@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """How much does measuring knowledge entropy cost? Every figure is a ratio measured side by side
-in this one process, one run (DESIGN.md section 2):
+in this one process, one run (docs/method.md section 2):
 
 (a) ``coefficient_means`` (trunk + one forward pre-hook per layer) / a plain forward of the same
     trunk over the same batches: the hook overhead. Also vs the full forward with logits.

@@ -25,6 +25,7 @@ from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
 from .cache import cache_dir, config_key
 from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, iter_models
 from .entropy import ORIGINAL_LOG_EPS, coefficient_means, knowledge_entropy
+from .probes import score_probes
 from .related import RelatedMeasures
 
 # Bump when a change to the code alters what a sweep measures: cached results of other versions
@@ -140,3 +141,19 @@ def sweep(
             "fingerprint": fingerprints[ckpt.name], "duplicate_of": duplicate_of.get(ckpt.name),
         })
     return pd.DataFrame(rows)
+
+
+def facts_known(checkpoints: Sequence[Checkpoint], probes: pd.DataFrame, device: str = "cpu",
+                progress: bool = True) -> pd.DataFrame:
+    """For each checkpoint, how well it knows the facts of ``probes`` (columns ``input, target``,
+    e.g. the built-in world's ``KnowledgeSetup.retention``): ``known``, the share answered exactly
+    by greedy decoding, and ``logprob``, the mean log-probability per target token (nats).
+    One row per checkpoint: ``step, known, logprob``."""
+    rows = []
+    for ckpt, model in tqdm(iter_models(checkpoints, device=device), total=len(checkpoints), desc="facts known",
+                            disable=not progress):
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.path, revision=ckpt.revision)
+        scored = score_probes(model, tokenizer, probes)
+        rows.append({"step": ckpt.step, "known": float(scored["exact"].mean()), "logprob": float(scored["logprob"].mean())})
+    return pd.DataFrame(rows)
+

@@ -8,17 +8,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from .checkpoints import load_checkpoint
-from .continual import TrainConfig, continue_training
+from .continual import TrainConfig, continue_training, master_weights, optimizer_and_schedule
 from .entropy import coefficient_means, knowledge_entropy
 from .evaluation import evaluator
 from .outcomes import outcome, retention
+from .probes import probe_table, score_probes
 from .reactivation import reactivate
 from .setups import KnowledgeSetup
 from .stream import StreamConfig, build_stream
+from .training import train_step
 
 
 def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
@@ -43,6 +46,49 @@ def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, tr
     model = load_checkpoint(checkpoint, device=device)
     log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_every, progress, checkpoint)
     return log.assign(checkpoint=checkpoint.step)
+
+
+@dataclass(frozen=True)
+class FirstRound:
+    """The first injection round of continued training, piece by piece: ``batch``, its first
+    batch (one row per sequence: ``row, injected`` (regime and item, empty for background text),
+    ``tokens, text``); ``steps``, one row per update with its ``lr`` and ``loss``; ``probes``,
+    the first paraphrase item's probes scored before and after the round
+    (``logprob_before, logprob_after``, mean nats per target token)."""
+
+    batch: pd.DataFrame
+    steps: pd.DataFrame
+    probes: pd.DataFrame
+
+
+def first_round(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
+                device: str = "cpu", chars: int = 90) -> FirstRound:
+    """Load ``checkpoint`` and train it on the first ``stream_config.interval`` batches of
+    ``setup``'s stream (one injection round) exactly as :func:`run_stage` begins: same optimizer,
+    schedule and precision. Nothing is kept."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
+    model = load_checkpoint(checkpoint, device=device)
+    stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
+    first = stream.injections[stream.injections["step"] == 0].set_index("row")
+    batch = stream.batches[0].tolist()
+    rows = pd.DataFrame({"row": range(len(batch)),
+                         "injected": [f"{first.at[r, 'regime']} item {first.at[r, 'item']}" if r in first.index else ""
+                                      for r in range(len(batch))],
+                         "tokens": [len(ids) for ids in batch],
+                         "text": [tokenizer.decode(ids[:40], skip_special_tokens=True)[:chars] + " ..." for ids in batch]})
+    probes = probe_table(setup.paraphrase[:1])
+    before = score_probes(model, tokenizer, probes)["logprob"]
+    torch.manual_seed(train_config.seed)
+    autocast = master_weights(model, train_config.precision)
+    opt, sched = optimizer_and_schedule(model, train_config, len(stream.batches), checkpoint)
+    model.train()
+    steps = []
+    for step in range(1, stream_config.interval + 1):
+        lr = sched.get_last_lr()[0]
+        steps.append({"step": step, "lr": lr, "loss": train_step(model, stream.batches[step - 1].to(device), opt, sched, autocast)})
+    after = score_probes(model, tokenizer, probes)["logprob"]
+    return FirstRound(rows, pd.DataFrame(steps),
+                      probes[["kind", "input", "target"]].assign(logprob_before=before, logprob_after=after))
 
 
 def stage_experiment(checkpoints, setup: KnowledgeSetup, stream_config: StreamConfig = StreamConfig(),
@@ -115,32 +161,35 @@ def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], ba
 
 
 def reactivation_findings(summary: pd.DataFrame, measure: str = "gain_beyond_control_paraphrase_mem",
-                          control: str = "p=0.5 q=2", study_a: str = "acquisition_paraphrase_all") -> tuple[pd.Series, pd.DataFrame, dict[str, bool]]:
+                          control: str = "p=0.5 q=2", study_a: str = "acquisition_paraphrase_all",
+                          min_gain: float = 0.05, min_a: float = 0.01) -> tuple[pd.Series, pd.DataFrame, dict[str, bool]]:
     """Notebook 04's claims from ``summary`` (one row per variant: means over seeds and their
     ``<column>_std``, with ``variant, select, ratio, factor``). Returns the baseline row, the
     lifted variants (least-used, q >= 1) and ``{claim: observed}`` (``measure``: ours, the gain beyond
-    control; ``study_a``: the study's A, over all of an item's probes); a difference counts only when it
-    exceeds 2 x the spread over seeds (at least 1e-3). The control claim needs the three variants
-    ``least / random / most`` at ``control``."""
+    control; ``study_a``: the study's A, over all of an item's probes). A difference counts only
+    when it exceeds 2 x the spread over seeds and at least ``min_gain`` (nats; notebook 05's
+    threshold) or ``min_a`` (A, one percentage point): with one seed the spread is unknown and the
+    minimum alone decides. The control claim needs ``least`` and at least one of ``random`` /
+    ``most`` at ``control``."""
     base = summary[summary["ratio"] == 0].iloc[0]
     lifted = summary[(summary["select"] == "least") & (summary["ratio"] > 0) & (summary["factor"] >= 1)]
 
-    def beats(column: str) -> bool:
+    def beats(column: str, floor: float) -> bool:
         best = lifted.loc[lifted[column].idxmax()]
-        return bool(best[column] - base[column] > 2 * max(base[f"{column}_std"], best[f"{column}_std"], 1e-3))
+        return bool(best[column] - base[column] > max(2 * base[f"{column}_std"], 2 * best[f"{column}_std"], floor))
 
     findings = {
-        "a reactivated checkpoint gains more beyond the controls than the unmodified one, by more than 2 x the "
-        "spread over seeds": beats(measure),
-        "a reactivated checkpoint has a higher A (the study's, all probes) than the unmodified one, by more than 2 x "
-        "its spread over seeds": beats(study_a),
+        f"a reactivated checkpoint gains more beyond the controls than the unmodified one (by > {min_gain} nats and "
+        "> 2 x the spread over seeds)": beats(measure, min_gain),
+        f"a reactivated checkpoint has a higher A (the study's, all probes) than the unmodified one (by > {min_a} and "
+        "> 2 x its spread over seeds)": beats(study_a, min_a),
         "every reactivated checkpoint (least-used, q >= 1) retains more than the unmodified one":
             bool((lifted["retention"] > base["retention"]).all()),
     }
     rows = summary.set_index("variant").reindex([f"{s} {control}" for s in ("least", "random", "most")])
-    if rows[measure].notna().all():
-        margin = 2 * rows[f"{measure}_std"].max()
+    if pd.notna(rows[measure].iloc[0]) and rows[measure].iloc[1:].notna().any():
+        margin = max(2 * rows[f"{measure}_std"].max(), min_gain)
         findings[f"lifting the least-used neurons gains more beyond the controls than the same factors on random or "
-                 f"most-used neurons ({control}), by more than 2 x the largest spread over seeds"] = bool(
+                 f"most-used neurons ({control}; by > {min_gain} nats and > 2 x the largest spread over seeds)"] = bool(
             rows[measure].iloc[0] - rows[measure].iloc[1:].max() > margin)
     return base, lifted, findings

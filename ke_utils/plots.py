@@ -50,6 +50,26 @@ def plot_ke_curve(frame: pd.DataFrame, ax=None, show_study: bool = True):
     return fig
 
 
+def plot_ke_and_facts(frame: pd.DataFrame, known: pd.DataFrame, axes=None):
+    """Normalised KE (left) and the share of the world's facts known (right, %, greedy exact
+    match; ``known`` from :func:`~ke_utils.checkpoint_sweep.facts_known`) against pretraining step."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig = axes[0].figure
+    axes[0].plot(frame["step"], frame["normalized"], "o-")
+    axes[0].set_ylabel("normalised knowledge entropy")
+    axes[0].set_title("Knowledge entropy")
+    axes[1].plot(known["step"], 100 * known["known"], "o-", color="tab:green")
+    axes[1].set_ylabel("facts known (% exact, greedy)")
+    axes[1].set_ylim(-3, 103)
+    axes[1].set_title("Facts of the world's people the model knows")
+    for ax in axes:
+        _step_axis(ax, frame["step"])
+    axes[1].set_xlim(axes[0].get_xlim())
+    fig.tight_layout()
+    return fig
+
+
 def plot_layer_entropy(frame: pd.DataFrame, axes=None):
     """Per-layer normalised entropy against step (left) and its change from the first checkpoint
     as a heatmap (right)."""
@@ -115,15 +135,14 @@ def plot_related(frame: pd.DataFrame, axes=None):
     return fig
 
 
-def save_figure(fig, name: str) -> Path | None:
-    """Save ``fig`` as ``$KE_RESULTS_DIR/<name>.png`` when that variable is set (the main job)."""
+def save_figure(fig, name: str) -> None:
+    """Save ``fig`` as ``$KE_RESULTS_DIR/<name>.png`` when that variable is set (the main job);
+    returns nothing, so a notebook cell that ends with it shows only the figure."""
     folder = os.environ.get("KE_RESULTS_DIR")
-    if not folder:
-        return None
-    path = Path(folder) / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    if folder:
+        path = Path(folder) / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def plot_token_coefficients(coefficients: torch.Tensor, tokens: list[str], top: int = 24, ax=None):
@@ -162,23 +181,25 @@ SELECT_COLOURS = {"least": "tab:blue", "random": "tab:orange", "most": "tab:red"
 
 
 def plot_variants(summary: pd.DataFrame, columns: dict[str, str], axes=None):
-    """One bar per reactivation variant for each ``column`` (mean, ``<column>_std`` as error bars);
-    the baseline in grey with a dashed line across, the controls in their own colours."""
+    """One point per reactivation variant for each ``column`` (mean, with ``<column>_std`` as error
+    bars where there is more than one seed); the baseline in grey with a dashed line across, the
+    controls in their own colours. Points, not bars: the axis is zoomed to the differences and
+    does not start at 0, which a bar's length would exaggerate (the y label says so)."""
     if axes is None:
         fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 4.2), squeeze=False)
         axes = axes[0]
     fig = axes[0].figure
-    colours = ["0.6" if r == 0 else SELECT_COLOURS[s] for r, s in zip(summary["ratio"], summary["select"])]
+    colours = ["0.5" if r == 0 else SELECT_COLOURS[s] for r, s in zip(summary["ratio"], summary["select"])]
     for ax, (column, label) in zip(axes, columns.items()):
-        ax.bar(range(len(summary)), summary[column], yerr=summary.get(f"{column}_std"), color=colours, capsize=3)
+        errors = summary.get(f"{column}_std", pd.Series(0.0, index=summary.index)).fillna(0.0)
+        for x, (value, error, colour) in enumerate(zip(summary[column], errors, colours)):
+            ax.errorbar(x, value, yerr=error if error > 0 else None, fmt="o", color=colour, markersize=7, capsize=3)
         base = summary.loc[summary["ratio"] == 0, column]
         if len(base):
             ax.axhline(float(base.iloc[0]), color="0.4", linestyle="--", linewidth=1)
-        spread = float(summary[f"{column}_std"].max()) if f"{column}_std" in summary else 0.0
-        low, high = summary[column].min() - spread, summary[column].max() + spread
-        pad = 0.15 * (high - low) + 1e-6  # zoom in: the differences are small next to the values
-        ax.set_ylim(low - pad, high + pad)
         ax.set_xticks(range(len(summary)), summary["variant"], rotation=60, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(summary) - 0.5)
+        ax.set_ylabel("axis zoomed to the differences (not from 0)", fontsize=8)
         ax.set_title(label, fontsize=10)
     fig.tight_layout()
     return fig

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
@@ -25,7 +26,7 @@ from transformers.utils import logging
 from .cache import atomic_write_text, cache_dir, config_key
 from .checkpoints import Checkpoint, local_checkpoints
 from .training import optimizer, pack, train_step
-from .world import WorldConfig, generate_world, pretraining_corpus
+from .world import TEMPLATES, WorldConfig, generate_world, pretraining_corpus
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 # Bump when the world generator or the training code changes what a configuration produces
@@ -307,6 +308,26 @@ def family_info(name_or_config: str | FamilyConfig = "overtrained", root: Path |
     if not _is_built(folder):
         builtin_family(name_or_config, root)
     return json.loads((folder / "family.json").read_text())
+
+
+def family_summary(name_or_config: str | FamilyConfig = "overtrained", root: Path | None = None) -> pd.Series:
+    """The built-in model and its world in a few numbers: size, pretraining budget and schedule,
+    people and facts (builds the family if it is not cached)."""
+    config, info = family_config(name_or_config), family_info(name_or_config, root)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(builtin_family(config, root)[0].path)
+    n_facts = config.world.n_people * len(TEMPLATES)
+    return pd.Series({
+        "parameters": info["parameters"],
+        "layers x d_model x d_ff": f"{config.n_layers} x {config.hidden_size} x {config.intermediate_size}",
+        "vocabulary": len(tokenizer),
+        "pretraining": f"{config.steps} steps of {config.batch_size} x {config.seq_len} tokens",
+        "tokens seen": config.steps * config.batch_size * config.seq_len,
+        "corpus tokens": info["train_tokens"],
+        "schedule": f"{config.schedule} LR {config.lr:g}, {config.warmup} warmup, weight decay {config.weight_decay:g}",
+        "people in the world (facts)": f"{config.world.n_people} ({n_facts}: {len(TEMPLATES)} attributes each)",
+        "new people for notebooks 03-06": (f"{config.world.n_paraphrase_people} paraphrase + {config.world.n_once_people} once "
+                                           f"+ {config.world.n_control_people} control"),
+    }, name="built-in family")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,25 +69,32 @@ def encode_pairs(tokenizer, inputs: Sequence[str], targets: Sequence[str]) -> li
 @torch.inference_mode()
 def score_pairs(model, tokenizer, inputs: Sequence[str], targets: Sequence[str], batch_size: int = 64) -> pd.DataFrame:
     """Per pair: ``logprob`` (mean over target tokens, nats), ``logprob_sum``, ``n_target`` and
-    ``exact`` (greedy decoding reproduces every target token)."""
+    ``exact`` (greedy decoding reproduces every target token). Pairs are batched by length (little
+    padding) and each token's log-probability is its logit minus the log-sum-exp over the
+    vocabulary, so no ``[batch, length, vocab]`` log-softmax is kept."""
     pairs = encode_pairs(tokenizer, inputs, targets)
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
-    rows = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        batch = pad_batch([ids for ids, _ in chunk], pad, "right")
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
+    columns = {name: torch.empty(len(pairs), dtype=torch.float64) for name in ("logprob_sum", "n_target", "exact")}
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = pad_batch([pairs[i][0] for i in rows], pad, "right")
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-        logp = logits.log_softmax(-1)
-        for row, (seq, n_in) in enumerate(chunk):
-            positions = torch.arange(n_in - 1, len(seq) - 1, device=device)  # predict token t+1 at t
-            target = ids[row, n_in:len(seq)]
-            token_logp = logp[row, positions].gather(-1, target[:, None]).squeeze(-1)
-            exact = bool((logits[row, positions].argmax(-1) == target).all())
-            rows.append({"logprob": float(token_logp.mean()), "logprob_sum": float(token_logp.sum()),
-                         "n_target": len(target), "exact": exact})
-    return pd.DataFrame(rows)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()  # predicts ids[:, 1:]
+        nxt = ids[:, 1:]
+        token_logp = logits.gather(-1, nxt[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        position = torch.arange(nxt.shape[1], device=device)
+        n_input = torch.tensor([pairs[i][1] for i in rows], device=device)
+        scored = (position >= n_input[:, None] - 1) & mask[:, 1:].bool()  # the target's tokens, no padding
+        missed = scored & (logits.argmax(-1) != nxt)
+        index = torch.tensor(rows)
+        columns["logprob_sum"][index] = (token_logp * scored).sum(-1).double().cpu()
+        columns["n_target"][index] = scored.sum(-1).double().cpu()
+        columns["exact"][index] = (~missed.any(-1)).double().cpu()
+    n = columns["n_target"]
+    return pd.DataFrame({"logprob": (columns["logprob_sum"] / n).numpy(), "logprob_sum": columns["logprob_sum"].numpy(),
+                         "n_target": n.long().numpy(), "exact": columns["exact"].bool().numpy()})
 
 
 def score_probes(model, tokenizer, probes: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:

@@ -1,7 +1,10 @@
 """The main job: build the built-in family if needed, execute every notebook headless, in order,
 into ``results/`` (executed copies and figures), and print each notebook's key numbers.
 
-    python -m ke_utils.run_notebooks [--only 02] [--out results] [-p NAME=VALUE ...]
+    python -m ke_utils.run_notebooks [--only 02] [--out results] [--threads 1] [-p NAME=VALUE ...]
+
+It prints, and writes to ``results/summary.json``, each notebook's wall time and its kernel's peak
+memory (``--threads 1`` for the one CPU Binder gives).
 
 ``-p FULL=True`` sets a parameter the way papermill does: a cell tagged ``injected-parameters``
 after the notebook's cell tagged ``parameters``.
@@ -13,24 +16,23 @@ import argparse
 import ast
 import json
 import os
-import resource
 import time
 from pathlib import Path
 
 from .pretrain import NOTEBOOK_FAMILIES, builtin_family
-from .report import MARKER
+from .report import KEY_NUMBERS_FILE, read_key_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _key_numbers(notebook) -> list[dict]:
-    found = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            for line in output.get("text", "").splitlines():
-                if line.startswith(MARKER):
-                    found.append(json.loads(line[len(MARKER):]))
-    return found
+def _kernel_peak_mb(client) -> float | None:
+    """Peak resident memory (``VmHWM``) of ``client``'s kernel process so far, in MB; None where
+    ``/proc`` cannot tell (not Linux, or a kernel not started as a local process)."""
+    try:
+        status = Path(f"/proc/{client.km.provisioner.pid}/status").read_text()
+    except (AttributeError, TypeError, OSError):
+        return None
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), None)
 
 
 def inject_parameters(notebook, parameters: dict, name: str = "notebook") -> None:
@@ -57,9 +59,9 @@ def parse_parameter(text: str) -> tuple[str, object]:
 
 
 def run(paths: list[Path], out: Path, timeout: int = 1800, parameters: dict | None = None) -> list[dict]:
-    """Execute ``paths`` in order with nbclient; figures go to ``out/<notebook>/``. Reports each
-    notebook's wall time and the peak memory (RSS) of the largest kernel run so far: run one
-    notebook (``--only``) to get its own."""
+    """Execute ``paths`` in order with nbclient, each in a fresh kernel; executed copies go to
+    ``out/``, figures and key numbers to ``out/<notebook>/``. Returns (and writes to
+    ``out/summary.json``) per notebook its wall time, its kernel's peak memory and key numbers."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -69,18 +71,25 @@ def run(paths: list[Path], out: Path, timeout: int = 1800, parameters: dict | No
         notebook = nbformat.read(path, as_version=4)
         if parameters:
             inject_parameters(notebook, parameters, path.name)
-        os.environ["KE_RESULTS_DIR"] = str((out / path.stem).resolve())
+        results = (out / path.stem).resolve()
+        (results / KEY_NUMBERS_FILE).unlink(missing_ok=True)
+        os.environ["KE_RESULTS_DIR"] = str(results)
+        peak: dict[str, float | None] = {"mb": None}
+        client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not its TCP-transport notice
+                                resources={"metadata": {"path": str(path.parent)}},
+                                on_cell_executed=lambda **_: peak.update(mb=_kernel_peak_mb(client)))
         start = time.perf_counter()
         try:
-            NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            client.execute()
         finally:  # a failed notebook is kept as far as it ran, with the error in its cell
             nbformat.write(notebook, out / path.name)
         seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kB on Linux
-        numbers = _key_numbers(notebook)
-        summary.append({"notebook": path.name, "seconds": round(seconds, 1), "peak_kernel_mb": round(peak), "numbers": numbers})
-        print(f"\n== {path.name} ({seconds:.0f} s, largest kernel so far {peak:.0f} MB) -> {out / path.name}")
+        numbers = read_key_numbers(results)
+        summary.append({"notebook": path.name, "seconds": round(seconds, 1),
+                        "peak_kernel_mb": None if peak["mb"] is None else round(peak["mb"]), "numbers": numbers})
+        memory = "?" if peak["mb"] is None else f"{peak['mb']:.0f} MB"
+        print(f"\n== {path.name} ({seconds:.0f} s, kernel peak {memory}) -> {out / path.name}")
         for entry in numbers:
             print("   " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "notebook"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -93,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--only", help="run only notebooks whose name contains this")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds a cell may run (default 1800)")
+    parser.add_argument("--threads", type=int, help="CPU threads per kernel (OMP_NUM_THREADS); 1 measures a Binder-sized run")
     parser.add_argument("-p", "--param", type=parse_parameter, action="append", default=[], metavar="NAME=VALUE",
                         help="set a parameter (a Python literal), e.g. -p FULL=True; repeatable")
     args = parser.parse_args(argv)
@@ -100,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     if not paths:
         raise SystemExit(f"no notebooks in {args.notebooks}")
     parameters = dict(args.param)
+    if args.threads:  # the kernels inherit the environment, and torch reads it when first imported
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     if str(parameters.get("SUBJECT", "builtin")).startswith("builtin"):  # a hub or local subject needs no build
         for name in NOTEBOOK_FAMILIES:
             builtin_family(name)

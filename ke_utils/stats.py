@@ -68,6 +68,18 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "pearson",
     return Correlation(r, p, low, high, n, method, confidence)
 
 
+def fisher_interval(r: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of a Pearson correlation ``r`` reported over ``n`` pairs (Fisher's z,
+    standard error ``1 / sqrt(n - 3)``, as SciPy's ``pearsonr`` gives it); (-1, 1) for ``n <= 3``.
+    For a correlation someone else reported, when only ``r`` and ``n`` are known."""
+    if not -1 < r < 1:
+        raise ValueError(f"r must be in (-1, 1), got {r}")
+    if n <= 3:
+        return -1.0, 1.0
+    half = stats.norm.ppf(0.5 + confidence / 2) / math.sqrt(n - 3)
+    return math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (average ranks for ties); NaN if either side is constant."""
     return correlation(x, y, "spearman").r

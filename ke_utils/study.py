@@ -1,11 +1,60 @@
-"""What the study (Kim et al., 2024, arXiv 2410.01380) reported, in one place, so that notebooks
-state the paper's claim next to our measurement (docs/method.md sections 2-4)."""
+"""What the study (Kim et al., 2024, arXiv 2410.01380) reported, so that notebooks state the
+paper's claim next to our measurement (docs/method.md sections 2-4).
 
-# OLMo-1B (16 layers, d_ff 8192): knowledge entropy falls from about 144.0 to 143.6 nats over
-# pretraining (maximum 16 ln 8192 = 144.17); normalised about 0.999 to 0.996.
-OLMO_1B_KE = (144.0, 143.6)
-OLMO_1B_NORMALIZED = (0.999, 0.996)
-OLMO_1B_STEPS = (118_000, 369_000, 554_000, 738_000)  # the checkpoints trained further in Table 1
+The numbers live in ``data/study_numbers.csv``, one row per reported value with the table or figure
+it comes from; :func:`reported` reads them. This module keeps only where the study's checkpoints
+are on the hub, and a few values derived from that file for code defaults.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+
+STUDY_NUMBERS = Path(__file__).resolve().parents[1] / "data" / "study_numbers.csv"
+BASELINE = "baseline (peak LR 4e-4)"
+
+
+@cache
+def _table() -> pd.DataFrame:
+    if not STUDY_NUMBERS.exists():
+        raise FileNotFoundError(f"{STUDY_NUMBERS} is missing: install ke_utils from a checkout of the repository "
+                                "(pip install -e .), which has data/")
+    return pd.read_csv(STUDY_NUMBERS, dtype={"checkpoint": str})
+
+
+def reported(quantity: str | None = None, setting: str | None = None) -> pd.DataFrame:
+    """The study's reported numbers (columns ``quantity, checkpoint, setting, value, unit,
+    source``), optionally only one ``quantity`` and/or ``setting``; raises KeyError for a name
+    the file does not have."""
+    table = _table()
+    for column, wanted in (("quantity", quantity), ("setting", setting)):
+        if wanted is not None:
+            if wanted not in set(table[column]):
+                raise KeyError(f"no {column} {wanted!r} in {STUDY_NUMBERS.name}; it has {sorted(set(table[column]))}")
+            table = table[table[column] == wanted]
+    return table.reset_index(drop=True)
+
+
+def value(quantity: str, setting: str = BASELINE) -> float:
+    """The single reported value of ``quantity`` under ``setting`` (e.g. ``pearson_ke_acquisition``)."""
+    rows = reported(quantity, setting)
+    if len(rows) != 1:
+        raise ValueError(f"{quantity} under {setting!r} has {len(rows)} values, not one: use reported()")
+    return float(rows["value"].iloc[0])
+
+
+def table1(setting: str = BASELINE) -> pd.DataFrame:
+    """Table 1 as one row per checkpoint step: ``step, acquisition, forgetting`` (%), for
+    ``setting`` (forgetting is NaN where the study gave none)."""
+    rows = reported(setting=setting)
+    rows = rows[rows["quantity"].isin(["acquisition", "forgetting"])]
+    wide = rows.pivot(index="checkpoint", columns="quantity", values="value")
+    wide.index = wide.index.astype(int)
+    return wide.reindex(columns=["acquisition", "forgetting"]).rename_axis("step").reset_index().rename_axis(None, axis=1)
+
 
 # Where those four checkpoints are on the Hugging Face hub. The study used the original OLMo-1B run
 # (Groeneveld et al., 2024), whose hub repository is allenai/OLMo-1B (loaded with hf_olmo, the
@@ -14,6 +63,7 @@ OLMO_1B_STEPS = (118_000, 369_000, 554_000, 738_000)  # the checkpoints trained 
 # (the run has no checkpoint from there to step 330000), and 738k is the final step 738020, the one the
 # authors' code starts from (github.com/kaistAI/Knowledge-Entropy), not step 738000.
 OLMO_1B_REPO = "allenai/OLMo-1B"
+OLMO_1B_STEPS = (118_000, 369_000, 554_000, 738_000)  # how the paper labels them (Table 1), rounded
 OLMO_1B_CHECKPOINT_STEPS = (117_850, 369_000, 554_000, 738_020)
 OLMO_1B_REVISIONS = ("step117850-tokens494B", "step369000-tokens1548B", "step554000-tokens2324B",
                      "step738020-tokens3095B")
@@ -22,21 +72,11 @@ OLMO_1B_REVISIONS = ("step117850-tokens494B", "step369000-tokens1548B", "step554
 # study's checkpoints there by step: select(hub_checkpoints(OLMO_1B_HF_REPO), steps=OLMO_1B_CHECKPOINT_STEPS).
 OLMO_1B_HF_REPO = "allenai/OLMo-1B-hf"
 
-# Continued training (section 3): peak learning rate of the baseline runs, as OLMo-1B's own pretraining peak.
-CONTINUED_PEAK_LR = 4e-4
-
-# Table 1 (baseline): acquisition and forgetting (%) for the four checkpoints above.
-ACQUISITION = (25.2, 24.8, 21.4, 18.8)
-FORGETTING = (10.5, 12.9, 17.0, 19.5)
-PEARSON_KE_ACQUISITION = 0.94
-PEARSON_KE_FORGETTING = -0.96
+# Values code uses as defaults, read from the file above.
+CONTINUED_PEAK_LR = value("continued_peak_lr")  # continued training's peak LR (section 3), OLMo-1B's own
+RESUSCITATION_FACTORS = tuple(reported("resuscitation_factor")["value"])  # q, with p = 0.5 (section 4)
+OLMO_1B_NORMALIZED = tuple(reported("normalized_knowledge_entropy")["value"])  # first and last, read off Figure 1
 
 DECAY_CLAIM = "knowledge entropy declines steadily as pretraining advances"
-
-# Resuscitation (section 4): on the final OLMo checkpoint, p = 0.5 with q in {0.5, 1, 2, 3};
-# q >= 1 raised KE and improved acquisition and retention a little, q = 0.5 (and p = 0.9) hurt;
-# no random-neuron control was run.
-RESUSCITATION_RATIO = 0.5
-RESUSCITATION_FACTORS = (0.5, 1.0, 2.0, 3.0)
 RESUSCITATION_CLAIM = ("lifting the least-used half of the memory neurons (q >= 1) of the final checkpoint raises its KE, "
                        "and it then acquires more and forgets less than the unmodified checkpoint")

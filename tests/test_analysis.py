@@ -15,15 +15,24 @@ from ke_utils.entropy import knowledge_entropy
 
 
 def test_finding_reports_and_asserts(capsys):
-    assert report.finding("x rises", True, required=True)
-    assert not report.finding("y falls", False)
-    assert "NOT observed in this run: y falls" in capsys.readouterr().out
+    report.finding("x rises", True, required=True)
+    report.finding("y falls", False)
+    out = capsys.readouterr().out
+    assert "OBSERVED in this run: x rises" in out and "NOT observed in this run: y falls" in out
     with pytest.raises(AssertionError, match="expected finding not observed"):
         report.finding("z", False, required=True)
-    capsys.readouterr()
-    numbers = report.key_numbers("01", ke=1.23456789)
-    assert numbers == {"ke": 1.234568}
-    assert capsys.readouterr().out.startswith(report.MARKER)
+
+
+def test_key_numbers_go_to_a_file_of_the_main_job_not_to_the_reader(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("KE_RESULTS_DIR", raising=False)
+    report.key_numbers("01", ke=1.0)
+    assert report.read_key_numbers(tmp_path) == []
+    monkeypatch.setenv("KE_RESULTS_DIR", str(tmp_path / "01"))
+    report.key_numbers("01", ke=1.23456789, best="p=0.5")
+    report.key_numbers("01b", n=3)
+    assert capsys.readouterr().out == ""
+    assert report.read_key_numbers(tmp_path / "01") == [{"notebook": "01", "ke": 1.234568, "best": "p=0.5"},
+                                                       {"notebook": "01b", "n": 3}]
 
 
 def _frame():
@@ -47,15 +56,17 @@ def test_figures_draw_and_save(tmp_path, monkeypatch):
         "tokens": plots.plot_token_coefficients(torch.randn(5, 32), list("abcde"), top=8),
     }
     for name, fig in figures.items():
-        assert plots.save_figure(fig, name).exists()
+        assert plots.save_figure(fig, name) is None and (tmp_path / f"{name}.png").stat().st_size > 1000
     assert figures["curve"].axes[0].get_xscale() == "symlog"
     line = figures["curve"].axes[0].lines[0]
     np.testing.assert_allclose(line.get_ydata(), frame["normalized"])
 
 
-def test_save_figure_is_a_no_op_outside_the_main_job(monkeypatch):
+def test_save_figure_is_a_no_op_outside_the_main_job(monkeypatch, tmp_path):
     monkeypatch.delenv("KE_RESULTS_DIR", raising=False)
-    assert plots.save_figure(plots.plot_ke_curve(_frame()), "x") is None
+    monkeypatch.chdir(tmp_path)
+    plots.save_figure(plots.plot_ke_curve(_frame()), "x")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_coefficient_explorer_draws_and_redraws_on_any_backend(monkeypatch):
@@ -88,7 +99,8 @@ def test_stage_and_variant_figures():
                             "variant": ["baseline", "least", "random"]})
     assert len(plots.plot_stage_outcomes(summary, {"a": "A"}).axes) == 2
     fig = plots.plot_variants(summary, {"a": "A"})
-    assert [round(p.get_height(), 3) for p in fig.axes[0].patches] == [0.1, 0.2, 0.3]
+    points = [line.get_ydata()[0] for line in fig.axes[0].lines if line.get_marker() == "o"]
+    assert np.round(points, 3).tolist() == [0.1, 0.2, 0.3] and not fig.axes[0].patches  # points, not bars
     logs = pd.DataFrame({"checkpoint": [10, 10, 20, 20], "step": [0, 6, 0, 6], "k": [-5.0, -3.0, -6.0, -3.1]})
     lines = plots.plot_training_curves(logs, {"k": "K"}).axes[0].lines
     assert [list(l.get_ydata()) for l in lines] == [[-5.0, -3.0], [-6.0, -3.1]]

@@ -17,7 +17,7 @@ from ke_utils.checkpoints import load_checkpoint
 from ke_utils.continual import TrainConfig
 from ke_utils.evaluation import evaluator
 from ke_utils.probes import probe_table, score_probes
-from ke_utils.experiments import (Variant, reactivation_experiment, reactivation_findings, run_stage, stage_experiment,
+from ke_utils.experiments import (Variant, first_round, reactivation_experiment, reactivation_findings, run_stage, stage_experiment,
                                   variant_grid)
 from ke_utils.outcomes import outcome
 from ke_utils.pretrain import builtin_family, builtin_texts
@@ -147,7 +147,8 @@ def test_the_studys_k_averages_every_probe_of_an_item(mini):
     out = evaluator(tokenizer, setup)(model, 0, with_retention=False)
     scored = score_probes(model, tokenizer, probe_table(setup.paraphrase))
     per_item = scored.groupby("item")["logprob"].mean()  # all 3 kinds of probes of an item together
-    assert out["logprob_paraphrase_all"] == pytest.approx(per_item.mean(), rel=1e-12)
+    # rel 1e-7: the evaluator batches all regimes' probes by length, so float32 sums run in another order
+    assert out["logprob_paraphrase_all"] == pytest.approx(per_item.mean(), rel=1e-7)
     assert out["logprob_paraphrase_all"] != pytest.approx(out["logprob_paraphrase_mem"], rel=1e-6)  # not one kind
     assert {"logprob_once_all", "logprob_control_all", "exact_paraphrase_all"} <= set(out)
 
@@ -155,7 +156,7 @@ def test_the_studys_k_averages_every_probe_of_an_item(mini):
 def test_reactivation_findings_from_a_hand_made_summary():
     rows = [("baseline", "least", 0.0, 1.0, 0.60, 0.01, 0.600, 0.0005, 0.68),
             ("least p=0.5 q=1", "least", 0.5, 1.0, 0.61, 0.01, 0.601, 0.0005, 0.70),
-            ("least p=0.5 q=2", "least", 0.5, 2.0, 0.70, 0.02, 0.610, 0.0005, 0.65),  # +0.10 > 2 x 0.02
+            ("least p=0.5 q=2", "least", 0.5, 2.0, 0.70, 0.02, 0.608, 0.0005, 0.65),  # +0.10 > 2 x 0.02
             ("least p=0.5 q=0.5", "least", 0.5, 0.5, 0.90, 0.01, 0.700, 0.0005, 0.90),  # q < 1: not a lifted variant
             ("random p=0.5 q=2", "random", 0.5, 2.0, 0.66, 0.03, 0.605, 0.0005, 0.40),
             ("most p=0.5 q=2", "most", 0.5, 2.0, 0.50, 0.01, 0.600, 0.0005, 0.30)]
@@ -166,9 +167,41 @@ def test_reactivation_findings_from_a_hand_made_summary():
     base, lifted, findings = reactivation_findings(summary)
     assert base["variant"] == "baseline" and list(lifted["variant"]) == ["least p=0.5 q=1", "least p=0.5 q=2"]
     claims = list(findings.values())
-    assert claims[0] and claims[1]  # +0.10 nats; A +0.010 > 2 x 1e-3
+    assert claims[0]  # +0.10 nats > 0.05 and > 2 x 0.02
+    assert not claims[1]  # A +0.008 is less than the one-point minimum
+    assert list(reactivation_findings(summary, min_a=0.005)[2].values())[1]
     assert not claims[2]  # q=2 retains less than the baseline
     assert not claims[3]  # 0.70 - 0.66 = 0.04 < 2 x 0.03: the random control is as good
     summary.loc[4, "gain_beyond_control_paraphrase_mem"] = 0.62
     assert reactivation_findings(summary)[2][list(findings)[3]]  # 0.08 > 0.06
-    assert len(reactivation_findings(summary[summary["select"] != "most"])[2]) == 3  # no control claim without all three
+    assert not list(reactivation_findings(summary, min_gain=0.09)[2].values())[3]  # nor the minimum
+    assert len(reactivation_findings(summary[summary["select"] != "most"])[2]) == 4  # random alone is a control
+    assert len(reactivation_findings(summary[summary["select"] == "least"])[2]) == 3  # no control: no claim
+
+
+def test_with_one_seed_the_minimum_difference_decides():
+    rows = [("baseline", "least", 0.0, 1.0, 0.60, 0.0, 0.512, 0.0, 0.67),
+            ("least p=0.5 q=2", "least", 0.5, 2.0, 0.64, 0.0, 0.516, 0.0, 0.42)]
+    columns = ["variant", "select", "ratio", "factor", "gain_beyond_control_paraphrase_mem",
+               "gain_beyond_control_paraphrase_mem_std", "acquisition_paraphrase_all", "acquisition_paraphrase_all_std",
+               "retention"]
+    claims = list(reactivation_findings(pd.DataFrame(rows, columns=columns))[2].values())
+    assert claims[:2] == [False, False]  # +0.04 nats and +0.004 in A: below the minimums, whatever the (zero) spread
+
+
+def test_first_round_is_the_start_of_the_stage_run(mini):
+    """The walk-through of notebooks 03 and 04 trains exactly as the experiment does: the same
+    losses and learning rates over the first round, and the probes it scores are the first
+    paraphrase item's, changed by that round."""
+    checkpoints, setup, _ = mini
+    walk = first_round(checkpoints[-1], setup, STREAM, TRAIN)
+    log = run_stage(checkpoints[-1], setup, STREAM, TRAIN, eval_every=1)
+    at_round = log[log["step"] == STREAM.interval].iloc[0]
+    assert list(walk.steps["step"]) == list(range(1, STREAM.interval + 1))
+    assert walk.steps["loss"].mean() == pytest.approx(at_round["train_loss"], rel=1e-6)
+    assert walk.steps["lr"].iloc[-1] == pytest.approx(at_round["lr"])
+    assert walk.steps["lr"].iloc[0] < walk.steps["lr"].iloc[-1]  # warming up
+    assert len(walk.probes) == len(probe_table(setup.paraphrase[:1]))
+    assert (walk.probes["logprob_after"] != walk.probes["logprob_before"]).all()
+    assert walk.batch["injected"].str.startswith("paraphrase item 0").sum() == 1
+    assert (walk.batch["tokens"] == STREAM.seq_len).all()

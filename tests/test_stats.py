@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 
-from ke_utils.stats import correlation, mean_interval, pearson, spearman
+from ke_utils.stats import correlation, fisher_interval, mean_interval, pearson, spearman
 
 Z95 = 1.959963984540054
 Z90 = 1.6448536269514722
@@ -82,3 +83,16 @@ def test_mean_interval_is_the_student_t_interval():
     assert mean_interval([1.0, 2.0, 6.0], 0.5)[2] < high
     single = mean_interval([0.4])
     assert single[0] == 0.4 and math.isnan(single[1]) and math.isnan(single[2])
+
+
+def test_fisher_interval_of_a_reported_correlation():
+    """The interval SciPy gives our own data, from r and n alone; the study's r = 0.94 over its four
+    checkpoints does not exclude a negative correlation."""
+    x, y = np.arange(6.0), np.array([0.1, 1.3, 1.9, 3.4, 3.8, 5.2])
+    ours = correlation(x, y)
+    assert fisher_interval(ours.r, 6) == pytest.approx((ours.low, ours.high), abs=1e-9)
+    low, high = fisher_interval(0.94, 4)
+    assert low < 0 < 0.94 < high < 1
+    assert fisher_interval(0.5, 3) == (-1.0, 1.0)
+    with pytest.raises(ValueError):
+        fisher_interval(1.0, 10)
