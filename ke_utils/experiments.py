@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,7 +142,10 @@ def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], ba
     Returns ``(results, logs)``: one row per (variant, seed), and the evaluation logs."""
     stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
     means = coefficient_means(model, batches)
-    reference = pd.Series(evaluator(tokenizer, setup)(model, 0))
+    # each run is evaluated on its fp32 master weights (continue_training), so the unmodified model is too
+    as_trained = model if next(model.parameters()).dtype == torch.float32 else copy.deepcopy(model).float()
+    reference = pd.Series(evaluator(tokenizer, setup)(as_trained, 0))
+    del as_trained
     results, logs = [], []
     for seed, variant in tqdm([(s, v) for s in seeds for v in variants], desc="variants x seeds", disable=not progress):
         modified, report = reactivate(model, means, variant.ratio, variant.factor, variant.select, seed=seed)

@@ -131,6 +131,7 @@ def plot_related(frame: pd.DataFrame, axes=None):
         ax.plot(frame["step"], frame[column], "o-")
         _step_axis(ax, frame["step"])
         ax.set_title(label, fontsize=10)
+        ax.set_ylabel(label, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -155,6 +156,7 @@ def plot_token_coefficients(coefficients: torch.Tensor, tokens: list[str], top: 
     ax.set_yticks(range(len(tokens)), [repr(t) for t in tokens], fontsize=8)
     ax.set_xticks(range(len(order)), order.tolist(), rotation=90, fontsize=7)
     ax.set_xlabel("memory neuron j (the most used in this sentence)")
+    ax.set_ylabel("token of the sentence")
     ax.set_title("|c_j| per token: how strongly each token reads memory vector j")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
@@ -172,6 +174,7 @@ def plot_stage_outcomes(summary: pd.DataFrame, columns: dict[str, str], axes=Non
             ax = axes[row][i]
             ax.errorbar(summary[x], summary[column], yerr=summary.get(f"{column}_std"), fmt="o-", capsize=3)
             ax.set_title(label, fontsize=10)
+            ax.set_ylabel(label, fontsize=8)
             ax.set_xlabel("starting checkpoint (step)" if x == "step" else "normalised KE of the checkpoint")
     fig.tight_layout()
     return fig
@@ -218,6 +221,7 @@ def plot_training_curves(logs: pd.DataFrame, columns: dict[str, str], by: str = 
             ax.plot(curves.index, curves[name], marker=".", label=f"{by} {name}")
         ax.set_xlabel("continued-training step")
         ax.set_title(label, fontsize=10)
+        ax.set_ylabel(label, fontsize=8)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -238,6 +242,7 @@ def plot_ke_and_lr(families: dict[str, pd.DataFrame], axes=None):
     for ax, label in zip(axes, ("normalised knowledge entropy", "pretraining learning rate")):
         _step_axis(ax, next(iter(families.values()))["step"])
         ax.set_ylabel(label)
+        ax.set_title(label[0].upper() + label[1:] + " over pretraining", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -260,6 +265,7 @@ def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=
                         markersize=7 if line else 13, linestyle=("-" if name == protocol else "--") if line else "none")
         ax.set_xlabel("starting checkpoint (step)")
         ax.set_title(label, fontsize=10)
+        ax.set_ylabel(label, fontsize=8)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -284,8 +290,9 @@ def plot_update_attribution(rows: pd.DataFrame, axes=None):
         ax.axhline(float(rows["chance_jaccard"].iloc[0]), color="0.5", linestyle=":", label="chance")
     titles = ("entropy of the key gradient and of the key change\n(normalised, over each layer's neurons)", "most-updated vs most-used neurons\n(top-10% Jaccard)",
               "most-updated vs neurons of old facts\n(top-10% Jaccard)")
-    for ax, title in zip(axes, titles):
+    for ax, title, ylabel in zip(axes, titles, ("normalised entropy", "Jaccard index", "Jaccard index")):
         ax.set_xlabel("normalised KE of the starting checkpoint")
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -304,5 +311,6 @@ def plot_update_by_usage(runs: dict[str, tuple[torch.Tensor, torch.Tensor]], ax=
     ax.plot([0, 1], [0, 1], color="0.5", linestyle=":", label="ignores use")
     ax.set_xlabel("neurons, least to most used (fraction of the layer)")
     ax.set_ylabel(f"share of the {what}")
+    ax.set_title(f"Where the {what} goes, by how much each neuron was used", fontsize=10)
     ax.legend(fontsize=8)
     return fig

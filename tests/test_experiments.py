@@ -205,3 +205,20 @@ def test_first_round_is_the_start_of_the_stage_run(mini):
     assert (walk.probes["logprob_after"] != walk.probes["logprob_before"]).all()
     assert walk.batch["injected"].str.startswith("paraphrase item 0").sum() == 1
     assert (walk.batch["tokens"] == STREAM.seq_len).all()
+
+
+def test_a_half_precision_baseline_is_measured_as_it_trains(mini):
+    """Continued training evaluates a bf16 checkpoint on its fp32 master weights, so the unmodified
+    reference that reactivated variants are measured against is evaluated in fp32 too: the
+    baseline's outcome is its own log's, exactly."""
+    checkpoints, setup, texts = mini
+    setup = _choice_setup(setup)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
+    model = load_checkpoint(checkpoints[-1]).to(torch.bfloat16)
+    results, logs = reactivation_experiment(model, tokenizer, setup, [Variant("baseline")], text_batches(tokenizer, texts),
+                                            STREAM, TRAIN, seeds=(0,), progress=False)
+    own = outcome(logs.drop(columns=["variant", "seed"]))
+    assert next(model.parameters()).dtype == torch.bfloat16  # the caller's model is left as it was
+    for column in ("acquisition_paraphrase_mem", "acquisition_paraphrase_all", "gain_paraphrase_mem"):
+        assert results[column].iloc[0] == own[column]
+    assert results["retention_at_start"].iloc[0] == 1.0
