@@ -40,19 +40,20 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
                       ignore_index=True)
 
     def evaluate(model, step: int, with_retention: bool = True) -> dict:
-        """``with_retention=False``: the new-knowledge probes only (cheap, for evaluations mid-run).
-        Runs the model in eval mode and gives it back in the mode it came in."""
+        """``with_retention=False``: the memorisation probes of the new knowledge only, what the
+        learning curves show (a third of the probes; for evaluations mid-run). Runs the model in
+        eval mode and gives it back in the mode it came in."""
         with eval_mode(model):
             return _evaluate(model, with_retention)
 
     def _evaluate(model, with_retention: bool) -> dict:
-        scored = score_probes(model, tokenizer, table)
+        scored = score_probes(model, tokenizer, table if with_retention else table[table["kind"] == "mem"])
         summary = summarize(scored, by=("regime", "kind"))
         out = {f"{m}_{r}_{k}": float(summary.loc[(r, k), m]) for r, k in summary.index for m in ("logprob", "exact")}
-        overall = summarize(scored, by=("regime",))  # the study's K: every probe of an item, all kinds
-        out.update({f"{m}_{r}_all": float(overall.loc[r, m]) for r in overall.index for m in ("logprob", "exact")})
         if not with_retention:
             return out
+        overall = summarize(scored, by=("regime",))  # the study's K: every probe of an item, all kinds
+        out.update({f"{m}_{r}_all": float(overall.loc[r, m]) for r in overall.index for m in ("logprob", "exact")})
         if setup.tasks is not None:
             scores = {name: multiple_choice_accuracy(model, tokenizer, items, metric)
                       for name, (items, metric) in setup.tasks.items()}

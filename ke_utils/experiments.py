@@ -120,13 +120,14 @@ class Variant:
     select: str = "least"
 
 
-def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),)) -> list[Variant]:
+def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),),
+                 selects=("random", "most")) -> list[Variant]:
     """The baseline, the study's method on every (p, q), and for each (p, q) in ``controls`` the
-    random-neuron and most-used-neuron controls with the same factors."""
+    controls with the same factors on other neurons: ``selects`` of ``"random"`` and ``"most"`` (used)."""
     variants = [Variant("baseline")]
     variants += [Variant(f"least p={p:g} q={q:g}", p, q) for p in ratios for q in factors]
     for p, q in controls:
-        variants += [Variant(f"{s} p={p:g} q={q:g}", p, q, s) for s in ("random", "most")]
+        variants += [Variant(f"{s} p={p:g} q={q:g}", p, q, s) for s in selects]
     return variants
 
 

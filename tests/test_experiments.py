@@ -126,6 +126,9 @@ def test_variant_grid_has_baseline_method_and_controls():
     names = [v.name for v in variant_grid(ratios=(0.1, 0.5), factors=(0.5, 1.0), controls=((0.5, 2.0),))]
     assert names == ["baseline", "least p=0.1 q=0.5", "least p=0.1 q=1", "least p=0.5 q=0.5", "least p=0.5 q=1",
                      "random p=0.5 q=2", "most p=0.5 q=2"]
+    notebook_default = variant_grid(factors=(2.0, 3.0), selects=("random",))
+    assert [(v.select, v.ratio, v.factor) for v in notebook_default] == [("least", 0.0, 1.0), ("least", 0.5, 2.0),
+                                                                         ("least", 0.5, 3.0), ("random", 0.5, 2.0)]
 
 
 def test_evaluation_runs_in_eval_mode_and_gives_the_mode_back(mini):
@@ -144,7 +147,10 @@ def test_the_studys_k_averages_every_probe_of_an_item(mini):
     checkpoints, setup, _ = mini
     tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
     model = load_checkpoint(checkpoints[-1])
-    out = evaluator(tokenizer, setup)(model, 0, with_retention=False)
+    out = evaluator(tokenizer, setup)(model, 0)
+    mid_run = evaluator(tokenizer, setup)(model, 0, with_retention=False)  # the curves: memorisation probes only
+    assert set(mid_run) == {f"{m}_{r}_mem" for m in ("logprob", "exact") for r in ("paraphrase", "once", "control")}
+    assert mid_run["logprob_paraphrase_mem"] == pytest.approx(out["logprob_paraphrase_mem"], rel=1e-6)
     scored = score_probes(model, tokenizer, probe_table(setup.paraphrase))
     per_item = scored.groupby("item")["logprob"].mean()  # all 3 kinds of probes of an item together
     # rel 1e-7: the evaluator batches all regimes' probes by length, so float32 sums run in another order
