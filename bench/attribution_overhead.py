@@ -33,7 +33,8 @@ import torch
 
 # The package from this checkout, whatever the working directory (the script lives in bench/).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import add_model_arguments, interleaved, median_ratio, print_table, random_llama, sync, write_json  # noqa: E402  (bench/common.py)
+from common import (add_model_arguments, interleaved, median_ratio, parse_with_quick, print_table,  # noqa: E402
+                    random_llama, sync, torch_setup, write_json)
 
 TARGETS = {"tracked_over_plain": "<= 1.15"}
 BUDGET = 1.15
@@ -61,26 +62,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = p.add_argument_group("batches (random token ids)")
     data.add_argument("--batch", type=int, default=8, help="sequences per batch")
     data.add_argument("--seq", type=int, default=128, help="tokens per sequence")
-    args = p.parse_args(argv)
-    if args.quick:  # quick sizes, unless given explicitly on the command line
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return parse_with_quick(p, argv, QUICK)
 
 
 def make_model(args, device, dtype):
     return random_llama(args, device, dtype, args.seq).train()
 
 
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
+    device, dtype = torch_setup(args)
     from ke_utils.attribution import UpdateTracker, batch_attribution
     from ke_utils.training import optimizer, train_step
 

@@ -21,6 +21,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--vocab", type=int, default=4096)
 
 
+def parse_with_quick(parser: argparse.ArgumentParser, argv, quick: dict) -> argparse.Namespace:
+    """Parse ``argv``; with ``--quick``, the ``quick`` sizes unless given explicitly on the command line."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
+
+def torch_setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """Apply ``--threads`` and return the device and dtype that ``add_model_arguments`` named."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device), getattr(torch, args.dtype)
+
+
 def random_llama(args: argparse.Namespace, device, dtype, context: int, **config):
     """The model of :func:`add_model_arguments` (seeded by ``args.seed``), ``context`` positions."""
     import transformers as tf

@@ -36,7 +36,8 @@ import torch
 
 # The package from this checkout, whatever the working directory (the script lives in bench/).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import add_model_arguments, interleaved, median_ratio, print_table, random_llama, sync, write_json  # noqa: E402  (bench/common.py)
+from common import (add_model_arguments, interleaved, median_ratio, parse_with_quick, print_table,  # noqa: E402
+                    random_llama, sync, torch_setup, write_json)
 
 PAD = 0
 TARGETS = {"ke_over_forward": "<= 1.10", "original_over_ours": ">= 3", "peak_mem_4n_over_n": "~1 (flat)"}
@@ -70,11 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "small benchmark set needs a smaller budget to pad as little as a real "
                            "dataset of thousands of documents does with 8192")
     data.add_argument("--orig-batch-size", type=int, default=8, help="original: fixed batch size")
-    args = p.parse_args(argv)
-    if args.quick:  # quick sizes, unless given explicitly on the command line
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    return args
+    return parse_with_quick(p, argv, QUICK)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -234,10 +231,7 @@ class PeakMemory:
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
+    device, dtype = torch_setup(args)
     from ke_utils import coefficient_means, length_bucketed_batches
 
     model = make_model(args, device, dtype)
