@@ -93,6 +93,15 @@ def optimizer_and_schedule(model, config: TrainConfig, steps: int, checkpoint: C
     return opt, get_constant_schedule(opt)
 
 
+def start_training(model, config: TrainConfig, steps: int, checkpoint: Checkpoint | None = None):
+    """What every continued-training run does before its first step: seed, fp32 master weights
+    (:func:`master_weights`) and the protocol's optimizer and schedule for ``steps`` updates.
+    Returns ``(autocast, optimizer, scheduler)``."""
+    torch.manual_seed(config.seed)
+    autocast = master_weights(model, config.precision)
+    return (autocast, *optimizer_and_schedule(model, config, steps, checkpoint))
+
+
 def continue_training(
     model,
     stream: Stream,
@@ -108,10 +117,8 @@ def continue_training(
     each step in ``eval_steps`` and at the end; returns the evaluations as rows, plus the
     training loss and the learning rate of the last update. The model trains (and is evaluated,
     before and after alike) on fp32 master weights, and stays in fp32 (``config.precision``)."""
-    torch.manual_seed(config.seed)
     steps = len(stream.batches)
-    autocast = master_weights(model, config.precision)
-    opt, sched = optimizer_and_schedule(model, config, steps, checkpoint)
+    autocast, opt, sched = start_training(model, config, steps, checkpoint)
     rows = [{"step": 0, **evaluate(model, 0)}] if evaluate else []
     model.train()
     losses = []

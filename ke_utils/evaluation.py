@@ -38,6 +38,7 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
     regimes = {"paraphrase": setup.paraphrase, "once": setup.once, "control": setup.control}
     table = pd.concat([probe_table(records).assign(regime=regime) for regime, records in regimes.items() if records],
                       ignore_index=True)
+    memorisation = table[table["kind"] == "mem"]
 
     def evaluate(model, step: int, with_retention: bool = True) -> dict:
         """``with_retention=False``: the memorisation probes of the new knowledge only, what the
@@ -47,7 +48,7 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
             return _evaluate(model, with_retention)
 
     def _evaluate(model, with_retention: bool) -> dict:
-        scored = score_probes(model, tokenizer, table if with_retention else table[table["kind"] == "mem"])
+        scored = score_probes(model, tokenizer, table if with_retention else memorisation)
         summary = summarize(scored, by=("regime", "kind"))
         out = {f"{m}_{r}_{k}": float(summary.loc[(r, k), m]) for r, k in summary.index for m in ("logprob", "exact")}
         if not with_retention:

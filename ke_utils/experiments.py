@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from .checkpoints import load_checkpoint
-from .continual import TrainConfig, continue_training, master_weights, optimizer_and_schedule
+from .continual import TrainConfig, continue_training, start_training
 from .entropy import coefficient_means, knowledge_entropy
 from .evaluation import evaluator
 from .outcomes import outcome, retention
@@ -79,9 +79,7 @@ def first_round(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, 
                          "text": [tokenizer.decode(ids[:40], skip_special_tokens=True)[:chars] + " ..." for ids in batch]})
     probes = probe_table(setup.paraphrase[:1])
     before = score_probes(model, tokenizer, probes)["logprob"]
-    torch.manual_seed(train_config.seed)
-    autocast = master_weights(model, train_config.precision)
-    opt, sched = optimizer_and_schedule(model, train_config, len(stream.batches), checkpoint)
+    autocast, opt, sched = start_training(model, train_config, len(stream.batches), checkpoint)
     model.train()
     steps = []
     for step in range(1, stream_config.interval + 1):
