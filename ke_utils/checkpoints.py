@@ -277,7 +277,9 @@ def load_checkpoint(
     choose (in 5.x that is ``"auto"``: the dtype stored in the checkpoint's config, e.g. bf16 for
     many hub models); pass ``torch.float32`` to force full precision. Local folders with
     ``.safetensors`` files are loaded with ``use_safetensors=True``. A revision missing on the hub
-    raises ``ValueError("checkpoint 'name' not found in repo: ...")``.
+    raises ``ValueError("checkpoint 'name' not found in repo: ...")``. With ``device_map`` (e.g.
+    ``"auto"``: layers split over the visible GPUs, loaded straight there without a full copy in
+    CPU memory) ``device`` is ignored.
     """
     cls = model_cls or transformers.AutoModelForCausalLM
     options = dict(kwargs)
@@ -300,6 +302,8 @@ def load_checkpoint(
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()
+    if "device_map" in kwargs:  # already placed (and possibly split over devices) by from_pretrained
+        return model.eval()
     return model.to(device).eval()
 
 

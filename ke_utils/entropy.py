@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batching import iter_texts, length_bucketed_batches, pad_token_id, tokenize_documents
+from .distributed import gather_counts, shard, sum_over_processes
 from .hooks import CoefficientAccumulator
 from .training import eval_mode
 
@@ -121,7 +122,47 @@ def _check_batch(batch: dict, index: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask.long()}
 
 
+def input_device(model: nn.Module) -> torch.device:
+    """Where a batch goes: the input embedding's device (the first layer of a model split with
+    ``device_map``; the CPU when that layer is offloaded and its weights sit on ``meta``)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    device = embeddings.weight.device if embeddings is not None else next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 @torch.inference_mode()
+def coefficient_sums(
+    model: nn.Module,
+    batches: Iterable[dict],
+    weighting: str = "token",
+    module_names: Sequence[str] | None = None,
+    progress: bool = False,
+    on_batch: Callable[[dict], None] | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Weighted sums of ``|c|`` ``[n_layers, d_ff]`` (float64, CPU) and their denominator (real
+    tokens for ``"token"``, documents otherwise): :func:`coefficient_means` before the division,
+    what processes of a data-parallel run add up. No batch gives zeros and 0."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {weighting!r}")
+    device = input_device(model)
+    runner = getattr(model, "base_model", model)  # no LM head: KE does not need logits
+    denominator = 0.0
+    with eval_mode(model), CoefficientAccumulator(model, module_names) as acc:
+        for i, batch in enumerate(tqdm(batches, desc="knowledge entropy", unit="batch", disable=not progress)):
+            batch = {k: v.to(device) for k, v in _check_batch(batch, i).items()}
+            weights, count = _weights(batch["attention_mask"], weighting)
+            if count == 0:
+                continue
+            acc.set_weights(weights)
+            denominator += count
+            if on_batch is not None:
+                on_batch(batch)
+            else:
+                runner(**_forward_kwargs(runner, batch, weighting))
+    acc.check_finite()
+    return acc.sums, denominator
+
+
 def coefficient_means(
     model: nn.Module,
     batches: Iterable[dict],
@@ -142,28 +183,49 @@ def coefficient_means(
     ``on_batch``: if given, called with each batch on the device instead of the default forward
     (it must run the model on it itself; used to compute other measures in the same pass).
     The model runs in eval mode (no dropout noise in ``c``); its mode is restored afterwards.
+    A model split over devices (``device_map``) works as is: see :class:`CoefficientAccumulator`.
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {weighting!r}")
-    device = next(model.parameters()).device
-    runner = getattr(model, "base_model", model)  # no LM head: KE does not need logits
-    denominator = 0.0
-    with eval_mode(model), CoefficientAccumulator(model, module_names) as acc:
-        for i, batch in enumerate(tqdm(batches, desc="knowledge entropy", unit="batch", disable=not progress)):
-            batch = {k: v.to(device) for k, v in _check_batch(batch, i).items()}
-            weights, count = _weights(batch["attention_mask"], weighting)
-            if count == 0:
-                continue
-            acc.set_weights(weights)
-            denominator += count
-            if on_batch is not None:
-                on_batch(batch)
-            else:
-                runner(**_forward_kwargs(runner, batch, weighting))
+    sums, denominator = coefficient_sums(model, batches, weighting, module_names, progress, on_batch)
     if denominator == 0:
         raise ValueError("no real tokens: the input is empty or every position is padding")
-    acc.check_finite()
-    return (acc.sums / denominator).cpu()
+    return sums / denominator
+
+
+def measure_means(
+    model: nn.Module,
+    tokenizer,
+    texts,
+    *,
+    max_docs: int | None = None,
+    max_tokens_per_doc: int = 512,
+    max_batch_tokens: int = 8192,
+    weighting: str = "token",
+    text_column: str = "text",
+    module_names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, list[int]]:
+    """Coefficient means ``[n_layers, d_ff]`` of ``model`` on ``texts`` and how many documents
+    each process measured (``[n_documents]`` in a single process).
+
+    Under ``torchrun`` / ``accelerate launch`` (:mod:`ke_utils.distributed`) each process measures
+    its contiguous share of the documents and the float64 sums and counts are added up once at the
+    end: every process returns the means of all documents, equal to a single-process run.
+    """
+    docs = list(tokenize_documents(tokenizer, iter_texts(texts, text_column, max_docs), max_tokens_per_doc))
+    if not docs:
+        raise ValueError("no documents to measure (empty input, or every document was empty)")
+    local = shard(docs)
+    batches = length_bucketed_batches(
+        local,
+        pad_token_id(tokenizer),
+        max_batch_tokens=max_batch_tokens,
+        padding_side="right",
+        pad_to=max_tokens_per_doc if weighting == "original" else None,
+    ) if local else []
+    sums, denominator = sum_over_processes(*coefficient_sums(model, batches, weighting, module_names, progress))
+    if denominator == 0:
+        raise ValueError("no real tokens: the input is empty or every position is padding")
+    return sums / denominator, gather_counts(len(local))
 
 
 def measure_knowledge_entropy(
@@ -183,15 +245,10 @@ def measure_knowledge_entropy(
     streaming iterable of str/dicts), documents truncated to ``max_tokens_per_doc`` tokens.
 
     With ``weighting="original"`` documents are padded to ``max_tokens_per_doc`` (the original
-    code used 2048) and the entropy uses the original ``log(p + 1e-9)``.
+    code used 2048) and the entropy uses the original ``log(p + 1e-9)``. Under a distributed
+    launcher the documents are split over the processes (:func:`measure_means`).
     """
-    docs = list(tokenize_documents(tokenizer, iter_texts(texts, text_column, max_docs), max_tokens_per_doc))
-    batches = length_bucketed_batches(
-        docs,
-        pad_token_id(tokenizer),
-        max_batch_tokens=max_batch_tokens,
-        padding_side="right",
-        pad_to=max_tokens_per_doc if weighting == "original" else None,
-    )
-    means = coefficient_means(model, batches, weighting, module_names, progress)
+    means, _ = measure_means(model, tokenizer, texts, max_docs=max_docs, max_tokens_per_doc=max_tokens_per_doc,
+                             max_batch_tokens=max_batch_tokens, weighting=weighting, text_column=text_column,
+                             module_names=module_names, progress=progress)
     return knowledge_entropy(means, log_eps=ORIGINAL_LOG_EPS if weighting == "original" else 0.0)

@@ -33,8 +33,8 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
     """``evaluate(model, step)``: log-prob K and exact match per regime and probe kind
     (``logprob_<regime>_<kind>``) and over all kinds (``_all``: the study's K, the mean over items
     of the mean over all of an item's probes), the
-    retention score P (exact match on retention probes, or mean downstream accuracy) and
-    held-out LM loss."""
+    retention score P (exact match on retention probes, or mean downstream accuracy; none when
+    the setup has neither, e.g. no downstream task) and held-out LM loss."""
     regimes = {"paraphrase": setup.paraphrase, "once": setup.once, "control": setup.control}
     table = pd.concat([probe_table(records).assign(regime=regime) for regime, records in regimes.items() if records],
                       ignore_index=True)
@@ -55,11 +55,11 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
             return out
         overall = summarize(scored, by=("regime",))  # the study's K: every probe of an item, all kinds
         out.update({f"{m}_{r}_all": float(overall.loc[r, m]) for r in overall.index for m in ("logprob", "exact")})
-        if setup.tasks is not None:
+        if setup.tasks:
             scores = {name: multiple_choice_accuracy(model, tokenizer, items, metric)
                       for name, (items, metric) in setup.tasks.items()}
             out.update({f"task_{name}": v for name, v in scores.items()}, retention_score=sum(scores.values()) / len(scores))
-        else:
+        elif setup.retention is not None:
             kept = score_probes(model, tokenizer, setup.retention)
             out.update(retention_score=float(kept["exact"].mean()), retention_logprob=float(kept["logprob"].mean()))
         out["heldout_loss"] = lm_loss(model, tokenizer, setup.heldout)

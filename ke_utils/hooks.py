@@ -116,6 +116,9 @@ class CoefficientAccumulator:
 
     Before each forward pass call :meth:`set_weights` with one weight per position, flattened
     ``[batch * seq]`` (0 for padding). Nothing of ``c`` outlives the hook call.
+    Each layer's accumulator ``[d_ff]`` lives on the device where that layer runs (a model split
+    over GPUs with ``device_map="auto"``, or offloaded, adds where its coefficient is); they meet
+    only when :attr:`sums` is read.
     Use as a context manager: hooks are removed on exit, also when the forward pass raises.
     """
 
@@ -124,27 +127,44 @@ class CoefficientAccumulator:
         self.names = find_coefficient_modules(model, module_names)
         self.modules = [dict(model.named_modules())[n] for n in self.names]
         self.d_ff = _in_features(self.modules[0])
-        device = next(model.parameters()).device
-        self.sums = torch.zeros(len(self.names), self.d_ff, dtype=torch.float64, device=device)
-        self._weights: torch.Tensor | None = None
-        self._rows: torch.Tensor | None = None
+        self._sums: list[torch.Tensor | None] = [None] * len(self.names)
+        self._selection: dict[torch.device, tuple[torch.Tensor | None, torch.Tensor, float | None]] = {}
         self._handles: list = []
 
+    @property
+    def sums(self) -> torch.Tensor:
+        """``[n_layers, d_ff]`` float64 on the CPU (zeros for a layer that has not run)."""
+        return torch.stack([torch.zeros(self.d_ff, dtype=torch.float64) if s is None else s.cpu() for s in self._sums])
+
     def set_weights(self, weights: torch.Tensor) -> None:
-        """weights: ``[batch * seq]`` float per position, on the model's device; 0 drops a position."""
-        weights = weights.reshape(-1).to(self.sums.device, torch.float32)
-        if bool((weights > 0).all()):
-            self._rows, self._weights = None, weights
-        else:
-            self._rows = weights.nonzero().squeeze(1)
-            self._weights = weights.index_select(0, self._rows)
+        """weights: ``[batch * seq]`` float per position, on any device; 0 drops a position."""
+        weights = weights.reshape(-1).float()
+        rows = None if bool((weights > 0).all()) else weights.nonzero().squeeze(1)
+        kept = weights if rows is None else weights.index_select(0, rows)
+        # Equal weights (token weighting): one fused |c| sum per neuron instead of a product
+        # with a float32 copy of c, which costs most on GPUs (c is [tokens, d_ff]).
+        uniform = float(kept[0]) if len(kept) and bool((kept == kept[0]).all()) else None
+        self._selection = {weights.device: (rows, kept, uniform)}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor, float | None]:
+        """The rows, weights and common weight (or None) of this batch on ``device`` (copied once per batch)."""
+        if device not in self._selection:
+            rows, weights, uniform = next(iter(self._selection.values()))
+            self._selection[device] = (None if rows is None else rows.to(device), weights.to(device), uniform)
+        return self._selection[device]
 
     def _hook(self, layer: int):
         def hook(module: nn.Module, args: tuple) -> None:
             c = args[0].reshape(-1, args[0].shape[-1])  # [batch * seq, d_ff]
-            if self._rows is not None:
-                c = c.index_select(0, self._rows)
-            self.sums[layer] += (self._weights @ c.abs().float()).double()
+            rows, weights, uniform = self._on(c.device)
+            if rows is not None:
+                c = c.index_select(0, rows)
+            if self._sums[layer] is None:
+                self._sums[layer] = torch.zeros(self.d_ff, dtype=torch.float64, device=c.device)
+            if uniform is not None:
+                self._sums[layer] += torch.linalg.vector_norm(c, 1, dim=0, dtype=torch.float32).double() * uniform
+            else:
+                self._sums[layer] += (weights @ c.abs().float()).double()
 
         return hook
 
@@ -167,7 +187,7 @@ class CoefficientAccumulator:
 
     def check_finite(self) -> None:
         """NaN and inf persist in a sum, so one check at the end finds any bad coefficient."""
-        bad = (~torch.isfinite(self.sums)).any(dim=1).nonzero().flatten().tolist()
+        bad = [l for l, s in enumerate(self._sums) if s is not None and not bool(torch.isfinite(s).all())]
         if bad:
             raise FloatingPointError(
                 f"non-finite FFN coefficient (NaN or inf) in layer {bad[0]} ({self.names[bad[0]]})"

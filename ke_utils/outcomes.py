@@ -35,7 +35,8 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
       any gap between the two sets of people that was there before training);
     - ``logprob_after_beyond_control_*``: K after minus the controls' K after (that gap, at the end).
 
-    Also ``retention``, ``forgetting`` and ``heldout_loss_change``.
+    Also ``heldout_loss_change``, and ``retention`` and ``forgetting`` when the log has a
+    ``retention_score``.
     """
     before, after = (log.iloc[0] if before is None else before), log.iloc[-1]
     out = {}
@@ -51,8 +52,9 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
         if f"gain_control_{kind}" in out:
             out[f"gain_beyond_control_{name}"] = out[f"gain_{name}"] - out[f"gain_control_{kind}"]
             out[f"logprob_after_beyond_control_{name}"] = out[f"logprob_after_{name}"] - out[f"logprob_after_control_{kind}"]
-    out["retention"] = retention(before["retention_score"], after["retention_score"])
-    out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
+    if "retention_score" in log.columns:  # absent when retention was not measured
+        out["retention"] = retention(before["retention_score"], after["retention_score"])
+        out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
     out["heldout_loss_change"] = after["heldout_loss"] - before["heldout_loss"]
     return out
 
