@@ -25,6 +25,7 @@ from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
 from .cache import cache_dir, config_key
 from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, iter_models
 from .entropy import ORIGINAL_LOG_EPS, coefficient_means, knowledge_entropy
+from .hub_cache import delete_revision, format_bytes, hub_cache_dir, revision_disk_bytes
 from .probes import score_probes
 from .related import RelatedMeasures
 
@@ -85,6 +86,7 @@ def sweep(
     device: str = "cpu",
     folder: Path | None = None,
     progress: bool = True,
+    delete_downloads: bool = False,
 ) -> pd.DataFrame:
     """Knowledge entropy of each checkpoint on the same ``texts``; one row per checkpoint.
 
@@ -94,6 +96,18 @@ def sweep(
     with identical weight files, whose result it shares: it is neither loaded nor measured), and with ``related=True`` also ``attention_entropy`` and
     ``next_token_entropy``; ``dtype``: the dtype the weights were loaded in. The tokenizer is the first checkpoint's unless given (checkpoints of
     one family share it). Results are cached in ``folder`` (default: keyed by all inputs).
+
+    Disk: ``disk_bytes`` is the size (bytes) of a hub checkpoint's files in the Hugging Face hub cache
+    (:mod:`~ke_utils.hub_cache`) right after it was loaded to be measured, stored with its result, so
+    a result read back from ``folder`` reports the download it was measured from (NaN for results
+    stored before this column existed); 0 for local folders and duplicates (neither takes hub cache
+    space). ``delete_downloads=True`` deletes each hub checkpoint's revision from the hub cache once
+    its result is stored (blobs that revisions still cached share are kept; local folders are never
+    touched): results already in ``folder`` before the loop, measured ones right after saving,
+    duplicates at the end (they may share their original's commit). A sweep of 20 OLMo-1B
+    checkpoints then holds one download at a time instead of about 100 GB. Column ``freed_bytes``
+    (only then): bytes this call deleted for that checkpoint, 0 if it was not in the hub cache.
+    ``progress=True`` prints one line per hub checkpoint measured or deleted.
     """
     if not checkpoints:
         raise ValueError("no checkpoints to sweep")
@@ -120,15 +134,28 @@ def sweep(
     entries = {c.name: folder / f"{c.name.replace('/', '_')}.safetensors" for c in checkpoints}
     results = {c.name: _load_entry(entries[c.name]) for c in checkpoints if c.name not in duplicate_of}
     missing = [c for c in checkpoints if c.name in results and results[c.name] is None]
+    freed: dict[str, int] = {}
+    if delete_downloads:  # results stored by an earlier call: their downloads can go before any new one
+        freed |= _delete_downloads([c for c in checkpoints if results.get(c.name) is not None], progress)
     load_options = {"dtype": dtype, "device": device, **({"attn_implementation": "eager"} if related else {})}
     for ckpt, model in tqdm(iter_models(missing, **load_options), total=len(missing), desc="checkpoints",
                             unit="ckpt", disable=not progress):
         extra = RelatedMeasures(model, weighting) if related else None
         means = coefficient_means(model, batches, weighting, on_batch=extra)
         info = {**(extra.result() if extra else {}), "version": MEASUREMENT_VERSION,
-                "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+                "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                "disk_bytes": revision_disk_bytes(ckpt)}
         _save_entry(entries[ckpt.name], means, info)
         results[ckpt.name] = means, info
+        if delete_downloads and ckpt.revision is not None:
+            freed[ckpt.name] = delete_revision(ckpt)
+            if not info["disk_bytes"]:
+                warnings.warn(f"checkpoint {ckpt.name!r} is not in the hub cache {hub_cache_dir()} "
+                              "(downloaded to another folder? `hf cache ls` lists it): nothing deleted")
+        if progress and ckpt.revision is not None:
+            tqdm.write(_disk_line(ckpt.name, info["disk_bytes"], freed.get(ckpt.name)))
+    if delete_downloads:  # last: a duplicate may share its commit with the checkpoint it duplicates
+        freed |= _delete_downloads([c for c in checkpoints if c.name in duplicate_of], progress)
     rows = []
     for ckpt in checkpoints:
         means, info = results[duplicate_of.get(ckpt.name, ckpt.name)]
@@ -137,10 +164,29 @@ def sweep(
             "name": ckpt.name, "step": ckpt.step, "tokens": ckpt.tokens, "ke": ke.total,
             "normalized": ke.normalized, "per_layer": ke.per_layer.numpy(),
             "effective_sources": ke.effective_sources.numpy(), "means": means,
-            **{k: v for k, v in info.items() if k != "version"},
+            **{k: v for k, v in info.items() if k not in ("version", "disk_bytes")},
             "fingerprint": fingerprints[ckpt.name], "duplicate_of": duplicate_of.get(ckpt.name),
+            "disk_bytes": 0 if ckpt.name in duplicate_of else info.get("disk_bytes", float("nan")),
+            **({"freed_bytes": freed.get(ckpt.name, 0)} if delete_downloads else {}),
         })
     return pd.DataFrame(rows)
+
+
+def _disk_line(name: str, disk_bytes: int, freed_bytes: int | None) -> str:
+    """E.g. ``"step20000: 4.7 GB in the hub cache, deleted (4.7 GB freed)"``; ``freed_bytes=None``:
+    not deleted."""
+    line = f"{name}: {format_bytes(disk_bytes)} in the hub cache"
+    return line if freed_bytes is None else f"{line}, deleted ({format_bytes(freed_bytes)} freed)"
+
+
+def _delete_downloads(checkpoints: Sequence[Checkpoint], progress: bool) -> dict[str, int]:
+    """Delete the hub checkpoints' revisions from the hub cache (local folders are skipped); bytes
+    freed by name. ``progress``: a line per revision that freed space."""
+    freed = {c.name: delete_revision(c) for c in checkpoints if c.revision is not None}
+    for name, size in freed.items():
+        if progress and size:
+            tqdm.write(f"{name}: {format_bytes(size)} deleted from the hub cache (result stored)")
+    return freed
 
 
 def facts_known(checkpoints: Sequence[Checkpoint], probes: pd.DataFrame, device: str = "cpu",
