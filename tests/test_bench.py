@@ -104,3 +104,21 @@ def test_attribution_bench_writes_positive_ratios_and_prints_them(attribution_be
     assert f"Tracked / plain = {result['tracked_over_plain']:.3f}" in printed
     # the tracker holds one copy of the MLP weights and two [n_layers, d_ff] float64 accumulators
     assert result["tracker_mb"] * 2**20 == result["mlp_weights_mb"] * 2**20 + 2 * 2 * 256 * 8
+
+
+GPU_SCRIPT = SCRIPT.parent / "gpu_ke.py"
+
+
+def test_gpu_bench_runs_on_the_cpu_with_a_small_shape(tmp_path):
+    """bench/gpu_ke.py without a GPU: the table and the figures exist and are sane; MFU needs a
+    known peak, so on the CPU it is reported as not available rather than made up."""
+    result, printed, table = run_bench(GPU_SCRIPT, ["--device", "cpu", "--quick", "--threads", "1"], tmp_path)
+    assert result["card"] == "CPU" and result["peak_tflops"] is None
+    assert set(result["tokens_per_s"]) == {"ke", "trunk", "full", "original"}
+    assert all(v > 0 for v in result["tokens_per_s"].values())
+    assert 0 < result["ke_over_forward_throughput"] < 2 and result["ke_over_original_throughput"] > 0
+    for name in ("plain", "checkpointing"):
+        run = result["training"][name]
+        assert run["tokens_per_s"] > 0 and math.isfinite(run["loss"]) and run["mfu"] is None
+        assert table[f"(b) training MFU, {name}"][0] == "n/a (no peak for this device)"
+    assert table["(a) KE throughput / plain trunk forward throughput"][0] == f"{result['ke_over_forward_throughput']:.3f}"
