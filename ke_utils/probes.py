@@ -66,12 +66,36 @@ def encode_pairs(tokenizer, inputs: Sequence[str], targets: Sequence[str]) -> li
     return pairs
 
 
+# Causal LMs whose logits are their output layer applied to the base model's last hidden states
+# (gemma2 and gemma3 then cap them by ``final_logit_softcapping``), as transformers' modeling code
+# has it: for these only the scored positions go through the output layer.
+HEAD_ON_HIDDEN = frozenset({"llama", "olmo", "olmo2", "olmo3", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
+                            "gemma3_text", "gpt_neox", "gpt2", "opt", "phi"})
+
+
+def _scored_logits(model, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Logits ``[n_scored, vocab]`` (fp32) at the positions where ``scored`` (``[batch, seq - 1]``,
+    the positions that predict ``ids[:, 1:]``) is true. A model of ``HEAD_ON_HIDDEN`` runs its base
+    model and its output layer sees the ``n_scored`` hidden states only; any other (a masked LM, a
+    causal LM that scales its logits after the output layer) gives its full logits, then selected."""
+    if getattr(getattr(model, "config", None), "model_type", None) not in HEAD_ON_HIDDEN:
+        return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1][scored].float()
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
+    logits = model.get_output_embeddings()(hidden[scored])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap is not None:  # as Gemma2ForCausalLM.forward does it
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
 @torch.inference_mode()
 def score_pairs(model, tokenizer, inputs: Sequence[str], targets: Sequence[str], batch_size: int = 64) -> pd.DataFrame:
     """Per pair: ``logprob`` (mean over target tokens, nats), ``logprob_sum``, ``n_target`` and
     ``exact`` (greedy decoding reproduces every target token). Pairs are batched by length (little
-    padding) and each token's log-probability is its logit minus the log-sum-exp over the
-    vocabulary, so no ``[batch, length, vocab]`` log-softmax is kept."""
+    padding); only the target tokens' positions go through the output layer (``[n_scored, vocab]``
+    logits, no ``[batch, length, vocab]`` tensor; a model outside ``HEAD_ON_HIDDEN`` computes its
+    full logits) and each token's log-probability is its logit minus the log-sum-exp over the
+    vocabulary."""
     pairs = encode_pairs(tokenizer, inputs, targets)
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
@@ -81,15 +105,18 @@ def score_pairs(model, tokenizer, inputs: Sequence[str], targets: Sequence[str],
         rows = order[start : start + batch_size]
         batch = pad_batch([pairs[i][0] for i in rows], pad, "right")
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()  # predicts ids[:, 1:]
-        nxt = ids[:, 1:]
-        token_logp = logits.gather(-1, nxt[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        nxt = ids[:, 1:]  # what positions 0 .. length - 2 predict
         position = torch.arange(nxt.shape[1], device=device)
         n_input = torch.tensor([pairs[i][1] for i in rows], device=device)
         scored = (position >= n_input[:, None] - 1) & mask[:, 1:].bool()  # the target's tokens, no padding
-        missed = scored & (logits.argmax(-1) != nxt)
+        logits = _scored_logits(model, ids, mask, scored)
+        target = nxt[scored]
+        token_logp = torch.zeros(scored.shape, device=device, dtype=logits.dtype)
+        token_logp[scored] = logits.gather(-1, target[:, None]).squeeze(-1) - logits.logsumexp(-1)
+        missed = torch.zeros_like(scored)
+        missed[scored] = logits.argmax(-1) != target
         index = torch.tensor(rows)
-        columns["logprob_sum"][index] = (token_logp * scored).sum(-1).double().cpu()
+        columns["logprob_sum"][index] = token_logp.sum(-1).double().cpu()
         columns["n_target"][index] = scored.sum(-1).double().cpu()
         columns["exact"][index] = (~missed.any(-1)).double().cpu()
     n = columns["n_target"]

@@ -5,9 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+import transformers as tf
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ke_utils.probes import encode_pairs, probe_table, score_pairs, score_probes, summarize
+from helpers import FAMILIES, SMALL, make_model
+from helpers import sentencepiece_tokenizer as make_sentencepiece_tokenizer
+from ke_utils.probes import HEAD_ON_HIDDEN, encode_pairs, probe_table, score_pairs, score_probes, summarize
+
+PAIRS = (["The quick brown fox jumps over the", "Paris is the capital of", "Memory vectors store", "Knowledge entropy",
+          "The lazy", "Memory vectors in feed-forward layers"],
+         ["lazy dog", "France", "facts", "falls as training goes on", "dog", "store facts"])
+CAUSAL = [f for f in FAMILIES if f not in ("bert", "roberta")] + ["gemma2"]
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +24,59 @@ def model(tiny_tokenizer):
     return LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
                                         num_hidden_layers=2, num_attention_heads=4,
                                         pad_token_id=tiny_tokenizer.pad_token_id)).eval()
+
+
+@pytest.fixture(scope="module")
+def small_vocab():
+    """A SentencePiece-shaped tokenizer (BOS first) whose ids fit the 128-token tiny models."""
+    tok = make_sentencepiece_tokenizer(["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.",
+                                        "Knowledge entropy falls as training goes on.",
+                                        "Memory vectors in feed-forward layers store facts."] * 20, 120)
+    assert len(tok) <= SMALL["vocab_size"]
+    return tok
+
+
+def _tiny(family: str):
+    """helpers.make_model's model, or a tiny Gemma-2 whose logits are soft-capped at 2 (so that
+    leaving the cap out changes every score)."""
+    if family != "gemma2":
+        return make_model(family)
+    torch.manual_seed(0)
+    config = tf.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0,
+                             final_logit_softcapping=2.0)
+    return tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["gemma2"])
+def test_scores_equal_full_logits_reference(family, small_vocab):
+    """Batched and padded, every family scores what the full logits of each pair alone give:
+    log-softmax over the vocabulary, gathered at the target tokens (masked LMs: their full logits,
+    as before; they are not causal scorers)."""
+    model = _tiny(family)
+    scored = score_pairs(model, small_vocab, *PAIRS, batch_size=4)
+    for i, (ids, n_input) in enumerate(encode_pairs(small_vocab, *PAIRS)):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+        target = torch.tensor(ids[n_input:])
+        logp = logits.log_softmax(-1)[n_input - 1 :].gather(-1, target[:, None])
+        assert scored.loc[i, "n_target"] == len(target)
+        assert scored.loc[i, "logprob_sum"] == pytest.approx(float(logp.sum()), rel=1e-5, abs=1e-5)
+        assert scored.loc[i, "exact"] == bool((logits[n_input - 1 :].argmax(-1) == target).all())
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_output_layer_sees_only_the_scored_positions(family, small_vocab):
+    """The memory claim: the output layer gets the hidden states of the target tokens only
+    (``[n_scored, d]``), never ``[batch, length, d]``."""
+    model = _tiny(family)
+    assert model.config.model_type in HEAD_ON_HIDDEN
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    try:
+        scored = score_pairs(model, small_vocab, *PAIRS, batch_size=len(PAIRS[0]))
+    finally:
+        handle.remove()
+    assert seen == [(int(scored["n_target"].sum()), model.config.vocab_size)]
 
 
 def test_target_tokens_are_those_of_the_whole_sentence(tiny_tokenizer, sentencepiece_tokenizer):
