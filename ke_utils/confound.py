@@ -12,7 +12,6 @@ and asks how much of acquisition and forgetting knowledge entropy explains beyon
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from .entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
 from .experiments import stage_experiment, train_and_evaluate
 from .outcomes import outcome
 from .pretrain import checkpoint_state, has_training_state
-from .reactivation import Reactivation, reactivate
+from .reactivation import Reactivation, reactivate, restore, snapshot, up_projection_names
 from .setups import KnowledgeSetup
 from .stats import mean_interval
 from .stream import StreamConfig
@@ -109,31 +108,46 @@ def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: fl
                             factors: tuple[float, float] = (0.05, 3.0), tolerance: float = 1e-3,
                             max_steps: int = 20, means: torch.Tensor | None = None,
                             ) -> tuple[torch.nn.Module, Reactivation, KnowledgeEntropy]:
-    """A reactivated copy of ``model`` (the least-used fraction ``ratio`` of neurons) whose
-    knowledge entropy on ``batches`` is ``target`` (nats) within ``tolerance``, found by bisection
-    on the factor q in ``factors`` (KE rises with q over that range on the built-in family).
+    """Reactivate ``model`` in place (the least-used fraction ``ratio`` of neurons) so that its
+    knowledge entropy on ``batches`` is ``target`` (nats) within ``tolerance``, with the factor q
+    found by bisection in ``factors`` (KE rises with q over that range on the built-in family).
+    Every attempt starts from the weights as given: the up projections (the only weights
+    reactivation changes) are kept in host memory meanwhile, so no copy of the model is made.
     ``means``: ``model``'s coefficient means on ``batches`` if already measured. Returns ``(model,
-    report, knowledge entropy reached)``; raises ValueError if ``target`` is not reachable."""
+    report, knowledge entropy reached)``, ``model`` reactivated with the best q; raises ValueError,
+    ``model`` left as given, if ``target`` is not reachable."""
     means = coefficient_means(model, batches) if means is None else means
+    modules = dict(model.named_modules())
+    ups = {name: snapshot(modules[name]) for name in up_projection_names(model)}
 
-    def attempt(q: float):
-        modified, report = reactivate(model, means, ratio, q)
-        return modified, report, knowledge_entropy(coefficient_means(modified, batches))
+    def put_back() -> None:
+        for name, saved in ups.items():
+            restore(modules[name], saved)
+
+    def lift(q: float) -> Reactivation:
+        put_back()
+        return reactivate(model, means, ratio, q, inplace=True)[1]
+
+    def attempt(q: float) -> tuple[Reactivation, KnowledgeEntropy]:
+        report = lift(q)
+        return report, knowledge_entropy(coefficient_means(model, batches))
 
     low, high = factors
     lo, hi = attempt(low), attempt(high)
-    if not lo[2].total <= target <= hi[2].total:
-        raise ValueError(f"target KE {target:.4f} is outside [{lo[2].total:.4f}, {hi[2].total:.4f}] "
+    if not lo[1].total <= target <= hi[1].total:
+        put_back()
+        raise ValueError(f"target KE {target:.4f} is outside [{lo[1].total:.4f}, {hi[1].total:.4f}] "
                          f"reached with q in {factors}")
-    best = min((lo, hi), key=lambda r: abs(r[2].total - target))
+    best = min((lo, hi), key=lambda r: abs(r[1].total - target))
     for _ in range(max_steps):
-        if abs(best[2].total - target) <= tolerance:
+        if abs(best[1].total - target) <= tolerance:
             break
         middle = (low + high) / 2
         current = attempt(middle)
-        low, high = (middle, high) if current[2].total < target else (low, middle)
-        best = min((best, current), key=lambda r: abs(r[2].total - target))
-    return best
+        low, high = (middle, high) if current[1].total < target else (low, middle)
+        best = min((best, current), key=lambda r: abs(r[1].total - target))
+    lift(best[0].factor)
+    return (model, *best)
 
 
 def variance_explained(frame: pd.DataFrame, outcome: str,
@@ -164,24 +178,26 @@ def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, strea
     :func:`protocol_experiment` trains the checkpoints under ``study`` (the only protocol that
     needs no optimizer state of the model's own). ``random_control``: also train the control with
     the same factor on as many randomly chosen neurons (per seed), which changes the weights as
-    much without aiming at the least-used neurons. Returns ``(results, logs, report)``: rows with
-    :func:`~ke_utils.outcomes.outcome`, the learning rates of ``late`` (its pretraining LR from
-    ``lr_of``, default: what a built-in checkpoint recorded), ``normalized`` (the KE reached,
-    normalised) and ``label`` (``"reactivated"``, ``"random neurons"``)."""
+    much without aiming at the least-used neurons. One model is on the device: ``late``'s weights
+    are kept in host memory and every run starts from them, modified in place. Returns
+    ``(results, logs, report)``: rows with :func:`~ke_utils.outcomes.outcome`, the learning rates
+    of ``late`` (its pretraining LR from ``lr_of``, default: what a built-in checkpoint recorded),
+    ``normalized`` (the KE reached, normalised) and ``label`` (``"reactivated"``, ``"random neurons"``)."""
     tokenizer = AutoTokenizer.from_pretrained(late.path, revision=late.revision)
     model = load_checkpoint(late, device=device)
     batches = text_batches(tokenizer, texts)
     means = coefficient_means(model, batches)  # one pass, for the bisection and the random control
-    modified, report, ke = match_knowledge_entropy(model, batches, target_ke, means=means)
+    given = snapshot(model)
+    _, report, ke = match_knowledge_entropy(model, batches, target_ke, means=means)
     lr = (lr_of or own_lr)(late)
+    runs = [("reactivated", "least")] + ([("random neurons", "random")] if random_control else [])
     results, logs = [], []
     for seed in seeds:
-        variants = {"reactivated": (copy.deepcopy(modified), ke)}
-        if random_control:
-            control, _ = reactivate(model, means, report.ratio, report.factor, "random", seed=seed)
-            variants["random neurons"] = (control, knowledge_entropy(coefficient_means(control, batches)))
-        for label, (trained, reached) in variants.items():
-            log = train_and_evaluate(trained, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
+        for label, select in runs:
+            restore(model, given)
+            reactivate(model, means, report.ratio, report.factor, select, inplace=True, seed=seed)
+            reached = ke if select == "least" else knowledge_entropy(coefficient_means(model, batches))
+            log = train_and_evaluate(model, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
                                      dataclasses.replace(train_config, protocol="study", seed=seed), eval_every)
             results.append({"step": late.step, "seed": seed, **outcome(log), "protocol": "study", "own_lr": lr,
                             "peak_lr": train_config.lr, "lr_jump": train_config.lr / lr,

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
@@ -19,7 +17,7 @@ from .entropy import coefficient_means, knowledge_entropy
 from .evaluation import evaluator
 from .outcomes import outcome, retention
 from .probes import probe_table, score_probes
-from .reactivation import reactivate
+from .reactivation import kept, reactivate, restore
 from .setups import KnowledgeSetup
 from .stream import StreamConfig, build_stream
 from .training import train_step
@@ -132,34 +130,37 @@ def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),),
 def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], batches: list[dict], stream_config=None,
                             train_config=None, seeds=(0,), progress: bool = True,
                             checkpoint=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Reactivate a copy of ``model`` as each variant (coefficient means measured on ``batches``,
-    e.g. :func:`~ke_utils.batching.text_batches`), measure its KE on the same batches, and continue
-    training it on ``setup``'s stream (same data order for every variant of a seed). ``model`` is
-    left unchanged (``checkpoint``: where it was loaded from, for the ``matched`` and ``resumed``
-    protocols). Acquisition and retention are relative to the *unmodified* model, so a
+    """Reactivate ``model`` as each variant (coefficient means measured on ``batches``, e.g.
+    :func:`~ke_utils.batching.text_batches`), measure its KE on the same batches, and continue
+    training it on ``setup``'s stream (same data order for every variant of a seed). One model is
+    on the device: the weights as given are kept in host memory and put back before each variant
+    is made in place (:func:`~ke_utils.reactivation.kept`), and ``model`` is left as it was given
+    (values, dtype, mode; ``checkpoint``: where it was loaded from, for the ``matched`` and
+    ``resumed`` protocols). Acquisition and retention are relative to the *unmodified* model, so a
     modification that hurts before training is not counted as acquisition.
     Returns ``(results, logs)``: one row per (variant, seed), and the evaluation logs."""
     stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
-    means = coefficient_means(model, batches)
-    # each run is evaluated on its fp32 master weights (continue_training), so the unmodified model is too
-    as_trained = model if next(model.parameters()).dtype == torch.float32 else copy.deepcopy(model).float()
-    reference = pd.Series(evaluator(tokenizer, setup)(as_trained, 0))
-    del as_trained
     results, logs = [], []
-    for seed, variant in tqdm([(s, v) for s in seeds for v in variants], desc="variants x seeds", disable=not progress):
-        modified, report = reactivate(model, means, variant.ratio, variant.factor, variant.select, seed=seed)
-        ke = knowledge_entropy(coefficient_means(modified, batches))
-        log = train_and_evaluate(modified, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
-                                 dataclasses.replace(train_config, seed=seed), checkpoint=checkpoint)
-        start = log.iloc[0]
-        results.append({"variant": variant.name, "select": variant.select, "ratio": variant.ratio,
-                        "factor": variant.factor, "seed": seed, "exact": report.exact, "ke": ke.total,
-                        "normalized": ke.normalized,
-                        "retention_at_start": retention(reference["retention_score"], start["retention_score"]),
-                        "heldout_loss_at_start": start["heldout_loss"] - reference["heldout_loss"],
-                        **outcome(log, before=reference)})
-        logs.append(log.assign(variant=variant.name, seed=seed))
-        del modified
+    with kept(model) as given:
+        means = coefficient_means(model, batches)
+        # each run is evaluated on its fp32 master weights (continue_training), so the unmodified model is too
+        model.float()
+        reference = pd.Series(evaluator(tokenizer, setup)(model, 0))
+        runs = [(s, v) for s in seeds for v in variants]
+        for seed, variant in tqdm(runs, desc="variants x seeds", disable=not progress):
+            restore(model, given)
+            _, report = reactivate(model, means, variant.ratio, variant.factor, variant.select, inplace=True, seed=seed)
+            ke = knowledge_entropy(coefficient_means(model, batches))
+            log = train_and_evaluate(model, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
+                                     dataclasses.replace(train_config, seed=seed), checkpoint=checkpoint)
+            start = log.iloc[0]
+            results.append({"variant": variant.name, "select": variant.select, "ratio": variant.ratio,
+                            "factor": variant.factor, "seed": seed, "exact": report.exact, "ke": ke.total,
+                            "normalized": ke.normalized,
+                            "retention_at_start": retention(reference["retention_score"], start["retention_score"]),
+                            "heldout_loss_at_start": start["heldout_loss"] - reference["heldout_loss"],
+                            **outcome(log, before=reference)})
+            logs.append(log.assign(variant=variant.name, seed=seed))
     return pd.DataFrame(results), pd.concat(logs, ignore_index=True)
 
 

@@ -11,12 +11,19 @@ the like it is an approximation, and a warning says so.
 Two controls the study did not run use the *same* factors on other neurons: ``select="random"``
 (as many neurons, chosen at random) and ``select="most"`` (the most-used neurons, the largest
 factor on the most-used one). They separate "more entropy" from "larger weights".
+
+Experiments that train several variants of one model keep one model on the device: the weights
+as given are kept once in host memory (:func:`snapshot`) and put back (:func:`restore`) before
+each variant is made in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -174,6 +181,41 @@ def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: floa
         indices.append(rows)
         scales.append(s)
     return target, Reactivation(float(ratio), float(factor), select, exact, names, indices, scales, notes=notes)
+
+
+def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    return itertools.chain(model.named_parameters(), model.named_buffers())
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy in host memory of every parameter and buffer of ``model`` (by name, each in its own
+    dtype; tied weights once), for :func:`restore`."""
+    return {name: t.detach().to("cpu", copy=True) for name, t in _tensors(model)}
+
+
+@torch.no_grad()
+def restore(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put ``saved`` (:func:`snapshot` of this model) back into ``model``: every parameter and
+    buffer gets a fresh copy of its saved values in the saved dtype, on the device it is on now.
+    Weights that training cast to fp32 (:func:`~ke_utils.continual.master_weights`) come back
+    in the dtype they were saved in; the parameter objects stay, so tied weights stay tied."""
+    for name, t in _tensors(model):
+        t.data = saved[name].to(t.device, copy=True)
+
+
+@contextlib.contextmanager
+def kept(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Inside, ``model`` may be reactivated, cast and trained in place; on exit (after an exception
+    too) it is as it came in: its parameters and buffers (values and dtypes) and every
+    submodule's train/eval mode. Yields its :func:`snapshot`, to :func:`restore` it in between."""
+    saved = snapshot(model)
+    modes = {module: module.training for module in model.modules()}
+    try:
+        yield saved
+    finally:
+        restore(model, saved)
+        for module, training in modes.items():
+            module.train(training)
 
 
 def measure_reactivation(model: nn.Module, batches: list[dict], ratio: float, factor: float,

@@ -3,12 +3,14 @@ matched by reactivation, and the protocol experiment on a miniature family."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from helpers import MINI
@@ -26,7 +28,7 @@ from ke_utils.continual import TrainConfig
 from ke_utils.entropy import coefficient_means, knowledge_entropy
 from ke_utils.evaluation import evaluator
 from ke_utils.pretrain import builtin_family, builtin_texts
-from ke_utils.reactivation import reactivate
+from ke_utils.reactivation import reactivate, restore, snapshot
 from ke_utils.setups import builtin_setup
 from ke_utils.stream import StreamConfig
 from ke_utils.subjects import Subject
@@ -83,7 +85,21 @@ def test_variance_explained_on_known_data():
     assert table.loc["b", "adjusted_r2"] == pytest.approx(1 - (1 - table.loc["b", "r2"]) * 49 / 48)
 
 
-def test_reactivation_reaches_a_target_knowledge_entropy(family):
+def _no_module_copies(monkeypatch) -> None:
+    """Make ``copy.deepcopy`` of a model (any ``nn.Module``) an error."""
+    deepcopy = copy.deepcopy
+
+    def guarded(x, memo=None, _nil=[]):
+        if isinstance(x, torch.nn.Module):
+            raise AssertionError(f"deepcopy of a {type(x).__name__}")
+        return deepcopy(x, memo, _nil)
+
+    monkeypatch.setattr(copy, "deepcopy", guarded)
+
+
+def test_reactivation_reaches_a_target_knowledge_entropy(family, monkeypatch):
+    """The bisection reactivates the model itself (no copy) and leaves it with the best factor, also
+    when its last attempt was not the best; a target out of reach leaves it as given."""
     ckpts, root = family
     model = load_checkpoint(ckpts[-1])
     tokenizer = AutoTokenizer.from_pretrained(ckpts[-1].path)
@@ -92,14 +108,25 @@ def test_reactivation_reaches_a_target_knowledge_entropy(family):
     means = coefficient_means(model, batches)
     ends = [knowledge_entropy(coefficient_means(reactivate(model, means, 0.5, q)[0], batches)).total for q in (0.05, 1.0)]
     target = sum(ends) / 2  # reachable between q = 0.05 and q = 1
+    given = snapshot(model)
+    _no_module_copies(monkeypatch)
     modified, report, ke = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4)
+    assert modified is model
     assert abs(ke.total - target) <= 1e-4 and report.ratio == 0.5 and 0.05 < report.factor < 1.0
-    given = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4, means=means)
-    assert given[1].factor == report.factor and given[2].total == ke.total  # means measured once, passed in
-    assert knowledge_entropy(coefficient_means(modified, batches)).total == pytest.approx(ke.total, abs=1e-9)
-    assert knowledge_entropy(coefficient_means(model, batches)).total == pytest.approx(before, abs=1e-9)  # a copy
+    assert knowledge_entropy(coefficient_means(model, batches)).total == pytest.approx(ke.total, abs=1e-9)
+    restore(model, given)
+    again = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4, means=means)
+    assert again[1].factor == report.factor and again[2].total == ke.total  # means measured once, passed in
+    # three halvings: q = 0.525, 0.2875, 0.16875, the last farther from the target than the one before
+    restore(model, given)
+    _, short, reached = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=0, max_steps=3)
+    assert short.factor == pytest.approx(0.2875)
+    assert knowledge_entropy(coefficient_means(model, batches)).total == pytest.approx(reached.total, abs=1e-9)
+    restore(model, given)
+    state = {n: t.clone() for n, t in model.state_dict().items()}
     with pytest.raises(ValueError, match="outside"):
         match_knowledge_entropy(model, batches, before + 10)
+    assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items())
 
 
 def test_protocol_experiment_records_the_learning_rates(family, capsys):
@@ -123,7 +150,7 @@ def test_protocol_experiment_records_the_learning_rates(family, capsys):
     assert results["own_lr"].tolist() == [1e-3] and not math.isnan(results["acquisition_paraphrase_mem"].iloc[0])
 
 
-def test_causal_test_trains_the_reactivated_late_checkpoint(family):
+def test_causal_test_trains_the_reactivated_late_checkpoint(family, monkeypatch):
     ckpts, root = family
     setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
     stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
@@ -133,8 +160,18 @@ def test_causal_test_trains_the_reactivated_late_checkpoint(family):
     means = coefficient_means(model, batches)
     target = sum(knowledge_entropy(coefficient_means(reactivate(model, means, 0.5, q)[0], batches)).total
                  for q in (0.05, 1.0)) / 2
+    trained, train_and_evaluate = [], confound.train_and_evaluate
+
+    def recording(model, *args, **kwargs):
+        trained.append(model)
+        return train_and_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(confound, "train_and_evaluate", recording)
+    _no_module_copies(monkeypatch)
     results, logs, report = causal_test(ckpts[-1], target, setup, stream, TrainConfig(lr=3e-3, warmup=1), texts,
                                         random_control=True)
+    monkeypatch.undo()
+    assert len(trained) == 2 and trained[0] is trained[1]  # one model for both runs, no copy
     assert results["label"].tolist() == ["reactivated", "random neurons"]
     row = results.iloc[0]
     assert row.label == "reactivated" and row.step == 6 and row.lr_jump == pytest.approx(3e-3 / own_lr(ckpts[-1]))

@@ -3,6 +3,7 @@ unmodified baseline, are deterministic, and report what they claim to."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -12,6 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 from helpers import MINI
+from ke_utils import experiments
 from ke_utils.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
 from ke_utils.continual import TrainConfig
@@ -100,7 +102,7 @@ def test_reactivation_baseline_equals_plain_continued_training(mini):
     before = {n: p.clone() for n, p in model.state_dict().items()}
     results, logs = reactivation_experiment(model, tokenizer, setup, variants, text_batches(tokenizer, texts), STREAM,
                                             TRAIN, seeds=(0,), progress=False)
-    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())  # the experiment works on copies
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())  # given back as it came
     plain, plain_logs = stage_experiment(checkpoints[-1:], setup, STREAM, TRAIN, seeds=(0,), progress=False)
     reference = plain_logs.iloc[0]  # the unmodified checkpoint before training
     assert reference.retention_score > 0 and plain["retention"].iloc[0] != 1  # retention defined, and it moved
@@ -120,6 +122,49 @@ def test_reactivation_baseline_equals_plain_continued_training(mini):
     assert lifted["acquisition_paraphrase_mem"] == pytest.approx((k_after - k_before) / abs(k_before), rel=1e-9)
     assert lifted["retention"] == pytest.approx(end.retention_score / reference.retention_score, rel=1e-9)
     assert lifted["ke"] > base["ke"]  # measured after the change, on the same texts
+
+
+def _no_module_copies(monkeypatch) -> None:
+    """Make ``copy.deepcopy`` of a model (any ``nn.Module``) an error."""
+    deepcopy = copy.deepcopy
+
+    def guarded(x, memo=None, _nil=[]):
+        if isinstance(x, torch.nn.Module):
+            raise AssertionError(f"deepcopy of a {type(x).__name__}")
+        return deepcopy(x, memo, _nil)
+
+    monkeypatch.setattr(copy, "deepcopy", guarded)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reactivation_experiment_keeps_one_model(mini, dtype, monkeypatch):
+    """No copy of the model is made: every variant trains the caller's model object, starting from
+    the weights as given (the baseline after a reactivated variant finds them, in their dtype,
+    although training cast them to fp32), and the model is given back as it came (values, dtypes,
+    mode)."""
+    checkpoints, setup, texts = mini
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
+    model = load_checkpoint(checkpoints[-1]).to(dtype).train()
+    given = {n: p.clone() for n, p in model.state_dict().items()}
+    started, train_and_evaluate = [], experiments.train_and_evaluate
+
+    def recording(trained, *args, **kwargs):
+        started.append((trained, {n: p.clone() for n, p in trained.state_dict().items()}))
+        return train_and_evaluate(trained, *args, **kwargs)
+
+    monkeypatch.setattr(experiments, "train_and_evaluate", recording)
+    _no_module_copies(monkeypatch)
+    variants = [Variant("least p=0.5 q=2", 0.5, 2.0), Variant("baseline")]
+    reactivation_experiment(model, tokenizer, _choice_setup(setup), variants, text_batches(tokenizer, texts), STREAM,
+                            TRAIN, progress=False)
+    assert [trained is model for trained, _ in started] == [True, True]
+
+    def same(state):
+        return state.keys() == given.keys() and all(state[n].dtype == p.dtype and torch.equal(state[n], p)
+                                                    for n, p in given.items())
+
+    assert [same(state) for _, state in started] == [False, True]  # reactivated; the baseline starts as given
+    assert same(model.state_dict()) and all(m.training for m in model.modules())
 
 
 def test_variant_grid_has_baseline_method_and_controls():

@@ -1,4 +1,5 @@
-"""Reactivation: exact scaling of the chosen coefficients, nothing else touched, controls, errors."""
+"""Reactivation: exact scaling of the chosen coefficients, nothing else touched, controls, errors;
+a model's weights kept in host memory and put back exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from helpers import make_model
 from ke_utils import coefficient_means, knowledge_entropy
 from ke_utils.hooks import capture_coefficients
-from ke_utils.reactivation import measure_reactivation, reactivate, up_projection_names
+from ke_utils.reactivation import kept, measure_reactivation, reactivate, restore, snapshot, up_projection_names
 
 GATED = ["llama", "olmo", "olmo2", "mistral", "qwen2", "gemma"]
 NON_GATED = ["gpt_neox", "gpt2", "opt", "phi"]
@@ -159,3 +160,46 @@ def test_wrong_means_shape_and_unknown_architecture():
     model.config.model_type = "mystery"
     with pytest.raises(ValueError, match="up_names"):
         reactivate(model, torch.ones(2, 64), 0.5, 1.0)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {name: t.clone() for name, t in model.state_dict().items()}
+
+
+def _same(model, state: dict[str, torch.Tensor]) -> bool:
+    """Same names, dtypes and values."""
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(now[k].dtype == v.dtype and torch.equal(now[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("family", ["gemma", "opt"])  # both tie their embeddings
+def test_restore_brings_back_values_dtypes_and_tied_weights(family):
+    """A bf16 model reactivated in place, cast to fp32 and trained (what a variant run does) comes
+    back from its host snapshot exactly, twice: restoring hands out a copy, so the next run does
+    not write into the snapshot; tied weights stay one parameter."""
+    model = make_model(family).to(torch.bfloat16)
+    state, saved = _state(model), snapshot(model)
+    assert all(t.device.type == "cpu" for t in saved.values())
+    for _ in range(2):
+        reactivate(model, coefficient_means(model, [_batch()]), 0.5, 3.0, inplace=True)
+        model.float()
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        model(**_batch(), labels=_batch()["input_ids"]).loss.backward()
+        opt.step()
+        assert not _same(model, state)
+        restore(model, saved)
+        assert _same(model, state)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_kept_gives_the_model_back_after_an_exception_too():
+    """Values, dtypes and every submodule's mode, as they came in."""
+    model = make_model("llama").to(torch.bfloat16)
+    model.model.layers[0].train()
+    state, modes = _state(model), {name: m.training for name, m in model.named_modules()}
+    with pytest.raises(RuntimeError, match="mid-run"):
+        with kept(model):
+            reactivate(model.float().train(), coefficient_means(model, [_batch()]), 0.5, 3.0, inplace=True)
+            raise RuntimeError("mid-run")
+    assert _same(model, state)
+    assert {name: m.training for name, m in model.named_modules()} == modes
