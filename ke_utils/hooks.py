@@ -141,8 +141,8 @@ class CoefficientAccumulator:
         weights = weights.reshape(-1).float()
         rows = None if bool((weights > 0).all()) else weights.nonzero().squeeze(1)
         kept = weights if rows is None else weights.index_select(0, rows)
-        # Equal weights (token weighting): one fused |c| sum per neuron instead of a product
-        # with a float32 copy of c, which costs most on GPUs (c is [tokens, d_ff]).
+        # Equal weights (token weighting): a float32-accumulated sum of |c| per neuron instead of a
+        # product with a float32 copy of c ([tokens, d_ff]): 1.9x faster on a CPU (bench/ke_overhead.py (a)).
         uniform = float(kept[0]) if len(kept) and bool((kept == kept[0]).all()) else None
         self._selection = {weights.device: (rows, kept, uniform)}
 
@@ -162,7 +162,7 @@ class CoefficientAccumulator:
             if self._sums[layer] is None:
                 self._sums[layer] = torch.zeros(self.d_ff, dtype=torch.float64, device=c.device)
             if uniform is not None:
-                self._sums[layer] += torch.linalg.vector_norm(c, 1, dim=0, dtype=torch.float32).double() * uniform
+                self._sums[layer] += c.abs().sum(dim=0, dtype=torch.float32).double() * uniform
             else:
                 self._sums[layer] += (weights @ c.abs().float()).double()
 

@@ -73,7 +73,8 @@ def test_gradient_checkpointing_changes_memory_not_the_update(stream):
 
 def test_a_bf16_model_trains_on_fp32_master_weights_under_autocast(stream):
     config = TrainConfig(lr=3e-2, warmup=1, precision="auto")
-    plain, accelerated = make_model("llama").bfloat16(), make_model("llama").bfloat16()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the accelerated runner trains
+    plain, accelerated = make_model("llama").bfloat16().to(device), make_model("llama").bfloat16()
     continue_training(plain, stream, config, progress=False)
     _trained(stream, ScaleConfig(micro_batch=8, gradient_checkpointing=False), accelerated, config)
     assert all(p.dtype == torch.float32 for p in accelerated.parameters())
