@@ -37,6 +37,13 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def finish() -> None:
+    """End a launched command line: destroy its process group (nothing in a single process)."""
+    state = process_state()
+    if state is not None:
+        state.destroy_process_group()
+
+
 def local_device(default: str | torch.device = "cpu") -> torch.device:
     """This process's device in a launch (``cuda:<local rank>`` on GPUs), else ``default``."""
     state = process_state()

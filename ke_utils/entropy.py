@@ -228,27 +228,15 @@ def measure_means(
     return sums / denominator, gather_counts(len(local))
 
 
-def measure_knowledge_entropy(
-    model: nn.Module,
-    tokenizer,
-    texts,
-    *,
-    max_docs: int | None = None,
-    max_tokens_per_doc: int = 512,
-    max_batch_tokens: int = 8192,
-    weighting: str = "token",
-    text_column: str = "text",
-    module_names: Sequence[str] | None = None,
-    progress: bool = True,
-) -> KnowledgeEntropy:
+def measure_knowledge_entropy(model: nn.Module, tokenizer, texts, **options) -> KnowledgeEntropy:
     """Knowledge entropy of ``model`` on ``texts`` (list of str, ``datasets.Dataset``, or a
-    streaming iterable of str/dicts), documents truncated to ``max_tokens_per_doc`` tokens.
+    streaming iterable of str/dicts); ``options`` as for :func:`measure_means` (``max_docs``,
+    ``max_tokens_per_doc`` = 512, ``max_batch_tokens`` = 8192, ``weighting`` = ``"token"``,
+    ``text_column``, ``module_names``, ``progress``).
 
     With ``weighting="original"`` documents are padded to ``max_tokens_per_doc`` (the original
     code used 2048) and the entropy uses the original ``log(p + 1e-9)``. Under a distributed
     launcher the documents are split over the processes (:func:`measure_means`).
     """
-    means, _ = measure_means(model, tokenizer, texts, max_docs=max_docs, max_tokens_per_doc=max_tokens_per_doc,
-                             max_batch_tokens=max_batch_tokens, weighting=weighting, text_column=text_column,
-                             module_names=module_names, progress=progress)
-    return knowledge_entropy(means, log_eps=ORIGINAL_LOG_EPS if weighting == "original" else 0.0)
+    means, _ = measure_means(model, tokenizer, texts, **options)
+    return knowledge_entropy(means, log_eps=ORIGINAL_LOG_EPS if options.get("weighting") == "original" else 0.0)

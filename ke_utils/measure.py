@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from .checkpoints import Checkpoint, load_checkpoint
-from .distributed import local_device, process_state
+from .distributed import finish, local_device, process_state
 from .entropy import ORIGINAL_LOG_EPS, WEIGHTINGS, knowledge_entropy, measure_means
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -96,5 +96,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    if process_state() is not None:
-        process_state().destroy_process_group()
+    finish()

@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 
 from .accelerated import STUDY_RECIPE, ScaleConfig, continue_training_accelerated
 from .checkpoints import Checkpoint, load_checkpoint
-from .distributed import process_state
+from .distributed import finish, process_state
 from .downstream import STUDY_TASKS
 from .evaluation import evaluator
 from .outcomes import outcome
@@ -109,5 +109,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    if process_state() is not None:
-        process_state().destroy_process_group()
+    finish()

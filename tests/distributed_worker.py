@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_cases import cli_args, train_tiny  # noqa: E402
-from ke_utils.distributed import process_state  # noqa: E402
+from ke_utils.distributed import finish, process_state  # noqa: E402
 from ke_utils.measure import main  # noqa: E402
 
 folder = Path(sys.argv[1])
@@ -25,4 +25,4 @@ model, log = train_tiny()
 if process_state().is_main_process:
     (folder / "two.json").write_text(json.dumps({"measure": printed, "train_loss": log["train_loss"].tolist()}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "two-trained.safetensors"))
-process_state().destroy_process_group()
+finish()

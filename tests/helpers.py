@@ -3,6 +3,8 @@ built-in family. Import it as ``from helpers import ...`` (pytest puts ``tests/`
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import transformers as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -81,3 +83,16 @@ def sentencepiece_tokenizer(texts: list[str], vocab_size: int) -> tf.PreTrainedT
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def no_module_copies(monkeypatch) -> None:
+    """Make ``copy.deepcopy`` of a model (any ``nn.Module``) an error: code that keeps one model
+    in memory must never copy it."""
+    deepcopy = copy.deepcopy
+
+    def guarded(x, memo=None, _nil=[]):
+        if isinstance(x, torch.nn.Module):
+            raise AssertionError(f"deepcopy of a {type(x).__name__}")
+        return deepcopy(x, memo, _nil)
+
+    monkeypatch.setattr(copy, "deepcopy", guarded)

@@ -3,7 +3,6 @@ matched by reactivation, and the protocol experiment on a miniature family."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from helpers import MINI
+from helpers import MINI, no_module_copies
 from ke_utils import confound
 from ke_utils.batching import text_batches
 from ke_utils.checkpoint_sweep import sweep
@@ -85,18 +84,6 @@ def test_variance_explained_on_known_data():
     assert table.loc["b", "adjusted_r2"] == pytest.approx(1 - (1 - table.loc["b", "r2"]) * 49 / 48)
 
 
-def _no_module_copies(monkeypatch) -> None:
-    """Make ``copy.deepcopy`` of a model (any ``nn.Module``) an error."""
-    deepcopy = copy.deepcopy
-
-    def guarded(x, memo=None, _nil=[]):
-        if isinstance(x, torch.nn.Module):
-            raise AssertionError(f"deepcopy of a {type(x).__name__}")
-        return deepcopy(x, memo, _nil)
-
-    monkeypatch.setattr(copy, "deepcopy", guarded)
-
-
 def test_reactivation_reaches_a_target_knowledge_entropy(family, monkeypatch):
     """The bisection reactivates the model itself (no copy) and leaves it with the best factor, also
     when its last attempt was not the best; a target out of reach leaves it as given."""
@@ -109,7 +96,7 @@ def test_reactivation_reaches_a_target_knowledge_entropy(family, monkeypatch):
     ends = [knowledge_entropy(coefficient_means(reactivate(model, means, 0.5, q)[0], batches)).total for q in (0.05, 1.0)]
     target = sum(ends) / 2  # reachable between q = 0.05 and q = 1
     given = snapshot(model)
-    _no_module_copies(monkeypatch)
+    no_module_copies(monkeypatch)
     modified, report, ke = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4)
     assert modified is model
     assert abs(ke.total - target) <= 1e-4 and report.ratio == 0.5 and 0.05 < report.factor < 1.0
@@ -167,7 +154,7 @@ def test_causal_test_trains_the_reactivated_late_checkpoint(family, monkeypatch)
         return train_and_evaluate(model, *args, **kwargs)
 
     monkeypatch.setattr(confound, "train_and_evaluate", recording)
-    _no_module_copies(monkeypatch)
+    no_module_copies(monkeypatch)
     results, logs, report = causal_test(ckpts[-1], target, setup, stream, TrainConfig(lr=3e-3, warmup=1), texts,
                                         random_control=True)
     monkeypatch.undo()

@@ -41,7 +41,9 @@ def two_processes(folder):
     """What the worker's rank 0 wrote: the printed JSON of both measurements and the loss log."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(WORKER), str(folder)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPUs, also on a GPU machine
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's ke_utils, whatever is installed
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",  # gloo on CPUs, also on a GPU machine
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run(command, capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -3,7 +3,6 @@ unmodified baseline, are deterministic, and report what they claim to."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from helpers import MINI
+from helpers import MINI, no_module_copies
 from ke_utils import experiments
 from ke_utils.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
@@ -124,18 +123,6 @@ def test_reactivation_baseline_equals_plain_continued_training(mini):
     assert lifted["ke"] > base["ke"]  # measured after the change, on the same texts
 
 
-def _no_module_copies(monkeypatch) -> None:
-    """Make ``copy.deepcopy`` of a model (any ``nn.Module``) an error."""
-    deepcopy = copy.deepcopy
-
-    def guarded(x, memo=None, _nil=[]):
-        if isinstance(x, torch.nn.Module):
-            raise AssertionError(f"deepcopy of a {type(x).__name__}")
-        return deepcopy(x, memo, _nil)
-
-    monkeypatch.setattr(copy, "deepcopy", guarded)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_reactivation_experiment_keeps_one_model(mini, dtype, monkeypatch):
     """No copy of the model is made: every variant trains the caller's model object, starting from
@@ -153,7 +140,7 @@ def test_reactivation_experiment_keeps_one_model(mini, dtype, monkeypatch):
         return train_and_evaluate(trained, *args, **kwargs)
 
     monkeypatch.setattr(experiments, "train_and_evaluate", recording)
-    _no_module_copies(monkeypatch)
+    no_module_copies(monkeypatch)
     variants = [Variant("least p=0.5 q=2", 0.5, 2.0), Variant("baseline")]
     reactivation_experiment(model, tokenizer, _choice_setup(setup), variants, text_batches(tokenizer, texts), STREAM,
                             TRAIN, progress=False)
