@@ -1,7 +1,7 @@
 """The main job: build the built-in family if needed, execute every notebook headless, in order,
 into ``results/`` (executed copies and figures), and print each notebook's key numbers.
 
-    python -m ke_utils.run_notebooks [--only 02] [--out results] [--threads 1] [-p NAME=VALUE ...]
+    python -m ke_utils.run_notebooks [--only 02] [--out results] [--threads 1] [--jobs 2] [-p NAME=VALUE ...]
 
 It prints, and writes to ``results/summary.json``, each notebook's wall time and its kernel's peak
 memory (``--threads 1`` for the one CPU Binder gives).
@@ -17,6 +17,7 @@ import ast
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .pretrain import NOTEBOOK_FAMILIES, builtin_family
@@ -58,42 +59,48 @@ def parse_parameter(text: str) -> tuple[str, object]:
         return key.strip(), value.strip()
 
 
-def run(paths: list[Path], out: Path, timeout: int = 1800, parameters: dict | None = None) -> list[dict]:
-    """Execute ``paths`` in order with nbclient, each in a fresh kernel; executed copies go to
-    ``out/``, figures and key numbers to ``out/<notebook>/``. Returns (and writes to
-    ``out/summary.json``) per notebook its wall time, its kernel's peak memory and key numbers."""
+def run(paths: list[Path], out: Path, timeout: int = 1800, parameters: dict | None = None,
+        jobs: int = 1) -> list[dict]:
+    """Execute ``paths`` with nbclient, each in a fresh kernel, ``jobs`` at a time (in order for
+    1); executed copies go to ``out/``, figures and key numbers to ``out/<notebook>/``. Returns
+    (and writes to ``out/summary.json``) per notebook, in the order of ``paths``, its wall time,
+    its kernel's peak memory and key numbers. With ``jobs > 1`` give each kernel fewer threads
+    (``OMP_NUM_THREADS``), or they compete for the same cores."""
+    out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        summary = list(pool.map(lambda path: _execute(path, out, timeout, parameters), paths))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _execute(path: Path, out: Path, timeout: int, parameters: dict | None) -> dict:
+    """One notebook of :func:`run`: executed, written out, its key numbers printed."""
     import nbformat
     from nbclient import NotebookClient
 
-    out.mkdir(parents=True, exist_ok=True)
-    summary = []
-    for path in paths:
-        notebook = nbformat.read(path, as_version=4)
-        if parameters:
-            inject_parameters(notebook, parameters, path.name)
-        results = (out / path.stem).resolve()
-        (results / KEY_NUMBERS_FILE).unlink(missing_ok=True)
-        os.environ["KE_RESULTS_DIR"] = str(results)
-        peak: dict[str, float | None] = {"mb": None}
-        client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not its TCP-transport notice
-                                resources={"metadata": {"path": str(path.parent)}},
-                                on_cell_executed=lambda **_: peak.update(mb=_kernel_peak_mb(client)))
-        start = time.perf_counter()
-        try:
-            client.execute()
-        finally:  # a failed notebook is kept as far as it ran, with the error in its cell
-            nbformat.write(notebook, out / path.name)
-        seconds = time.perf_counter() - start
-        numbers = read_key_numbers(results)
-        summary.append({"notebook": path.name, "seconds": round(seconds, 1),
-                        "peak_kernel_mb": None if peak["mb"] is None else round(peak["mb"]), "numbers": numbers})
-        memory = "?" if peak["mb"] is None else f"{peak['mb']:.0f} MB"
-        print(f"\n== {path.name} ({seconds:.0f} s, kernel peak {memory}) -> {out / path.name}")
-        for entry in numbers:
-            print("   " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "notebook"))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    notebook = nbformat.read(path, as_version=4)
+    if parameters:
+        inject_parameters(notebook, parameters, path.name)
+    results = (out / path.stem).resolve()
+    (results / KEY_NUMBERS_FILE).unlink(missing_ok=True)
+    peak: dict[str, float | None] = {"mb": None}
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not its TCP-transport notice
+                            resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_executed=lambda **_: peak.update(mb=_kernel_peak_mb(client)))
+    start = time.perf_counter()
+    try:  # the kernel's own environment says where its results go (kernels may run side by side)
+        client.execute(env={**os.environ, "KE_RESULTS_DIR": str(results)})
+    finally:  # a failed notebook is kept as far as it ran, with the error in its cell
+        nbformat.write(notebook, out / path.name)
+    seconds = time.perf_counter() - start
+    numbers = read_key_numbers(results)
+    memory = "?" if peak["mb"] is None else f"{peak['mb']:.0f} MB"
+    lines = [f"\n== {path.name} ({seconds:.0f} s, kernel peak {memory}) -> {out / path.name}"]
+    lines += ["   " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "notebook") for entry in numbers]
+    print("\n".join(lines), flush=True)
+    return {"notebook": path.name, "seconds": round(seconds, 1),
+            "peak_kernel_mb": None if peak["mb"] is None else round(peak["mb"]), "numbers": numbers}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="run only notebooks whose name contains this")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds a cell may run (default 1800)")
     parser.add_argument("--threads", type=int, help="CPU threads per kernel (OMP_NUM_THREADS); 1 measures a Binder-sized run")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks at a time (default 1; with --threads)")
     parser.add_argument("-p", "--param", type=parse_parameter, action="append", default=[], metavar="NAME=VALUE",
                         help="set a parameter (a Python literal), e.g. -p FULL=True; repeatable")
     args = parser.parse_args(argv)
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if str(parameters.get("SUBJECT", "builtin")).startswith("builtin"):  # a hub or local subject needs no build
         for name in NOTEBOOK_FAMILIES:
             builtin_family(name)
-    run(paths, args.out, args.timeout, parameters)
+    run(paths, args.out, args.timeout, parameters, args.jobs)
     print(f"\nexecuted {len(paths)} notebook(s); results in {args.out}")
 
 

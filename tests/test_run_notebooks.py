@@ -56,7 +56,7 @@ def test_main_builds_the_builtin_families_only_for_a_builtin_subject(tmp_path, m
     built-in families; the default run builds them first."""
     built, ran = [], []
     monkeypatch.setattr(run_notebooks, "builtin_family", built.append)
-    monkeypatch.setattr(run_notebooks, "run", lambda paths, out, timeout, parameters: ran.append(parameters))
+    monkeypatch.setattr(run_notebooks, "run", lambda paths, out, timeout, parameters, jobs: ran.append(parameters))
     (tmp_path / "01.ipynb").write_text("{}")
     run_notebooks.main(["--notebooks", str(tmp_path), "-p", "SUBJECT=allenai/OLMo-1B-hf", "-p", "DEVICE=cuda"])
     assert built == [] and ran == [{"SUBJECT": "allenai/OLMo-1B-hf", "DEVICE": "cuda"}]
