@@ -72,6 +72,15 @@ class Checkpoint:
         return text
 
 
+def named_checkpoint(path: str, revision: str | None = None) -> Checkpoint:
+    """One model as a command line names it: a local folder, or a hub id at ``revision``."""
+    return Checkpoint(step=0, path=path, revision=revision, tokens=None, stage=None, name=revision or path)
+
+
+# dtype names the command lines accept ("auto": the dtype the checkpoint's config stores)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
 def _format_tokens(tokens: int) -> str:
     """4_000_000_000 -> "4B", 4_194_000_000 -> "4.19B"."""
     for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):

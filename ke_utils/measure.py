@@ -27,11 +27,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from .checkpoints import Checkpoint, load_checkpoint
+from .checkpoints import DTYPES, load_checkpoint, named_checkpoint
 from .distributed import finish, local_device, process_state
 from .entropy import ORIGINAL_LOG_EPS, WEIGHTINGS, knowledge_entropy, measure_means
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,8 +68,7 @@ def read_documents(path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     state = process_state()
-    checkpoint = Checkpoint(step=0, path=args.model, revision=args.revision, tokens=None, stage=None,
-                            name=args.revision or args.model)
+    checkpoint = named_checkpoint(args.model, args.revision)
     device = local_device("cuda" if torch.cuda.is_available() else "cpu")
     options = {"device_map": args.device_map} if args.device_map else {"device": device}
     model = load_checkpoint(checkpoint, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code, **options)

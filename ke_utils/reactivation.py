@@ -32,6 +32,7 @@ from torch import nn
 
 from .entropy import coefficient_means, knowledge_entropy
 from .hooks import find_coefficient_modules
+from .training import kept_modes
 
 # model_type -> (suffix of the coefficient module, suffix of the up projection that replaces it)
 UP_PROJECTIONS: dict[str, tuple[str, str]] = {
@@ -209,13 +210,11 @@ def kept(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     too) it is as it came in: its parameters and buffers (values and dtypes) and every
     submodule's train/eval mode. Yields its :func:`snapshot`, to :func:`restore` it in between."""
     saved = snapshot(model)
-    modes = {module: module.training for module in model.modules()}
-    try:
-        yield saved
-    finally:
-        restore(model, saved)
-        for module, training in modes.items():
-            module.train(training)
+    with kept_modes(model):
+        try:
+            yield saved
+        finally:
+            restore(model, saved)
 
 
 def measure_reactivation(model: nn.Module, batches: list[dict], ratio: float, factor: float,

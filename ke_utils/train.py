@@ -24,20 +24,16 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
-from .accelerated import STUDY_RECIPE, ScaleConfig, continue_training_accelerated
-from .checkpoints import Checkpoint, load_checkpoint
+from .accelerated import STUDY_RECIPE, ScaleConfig
+from .checkpoints import DTYPES, load_checkpoint, named_checkpoint
 from .distributed import finish, process_state
 from .downstream import STUDY_TASKS
-from .evaluation import evaluator
+from .experiments import train_and_evaluate
 from .outcomes import outcome
 from .records import load_records
 from .setups import hub_setup
-from .stream import build_stream
-
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--micro-batch", type=int, default=scale.micro_batch, help="rows per forward/backward per process")
     recipe.add_argument("--no-gradient-checkpointing", action="store_true")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate after every N-th round too (0: before and after only)")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="as loaded; training keeps fp32 master weights")
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="as loaded; training keeps fp32 master weights")
     p.add_argument("--save-model", action="store_true")
     p.add_argument("--trust-remote-code", action="store_true")
     return p.parse_args(argv)
@@ -84,16 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = () if args.tasks == "none" else tuple(args.tasks.split(","))
     setup = hub_setup({"paraphrase": records[: args.n_paraphrase], "once": records[args.n_paraphrase :]},
                       args.n_background, args.n_heldout, tasks, args.n_items, texts=args.texts)
-    checkpoint = Checkpoint(step=0, path=args.model, revision=args.revision, tokens=None, stage=None,
-                            name=args.revision or args.model)
+    checkpoint = named_checkpoint(args.model, args.revision)
     tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
     model = load_checkpoint(checkpoint, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
-    stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
-    full = evaluator(tokenizer, setup)
-    rounds = [r * args.interval for r in range(args.eval_every, args.rounds, args.eval_every)] if args.eval_every else []
-    log = continue_training_accelerated(
-        model, stream, train_config, scale, lambda m, step: full(m, step, with_retention=step in (0, stream_config.steps)),
-        rounds, progress=is_main)
+    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, args.eval_every, is_main,
+                             checkpoint, scale)
     result = {"model": args.model, "revision": args.revision, "steps": stream_config.steps,
               "processes": 1 if state is None else state.num_processes, **outcome(log)}
     if is_main:

@@ -3,7 +3,6 @@ of one large batch, the plain runner's result, and the study's recipe has the st
 
 from __future__ import annotations
 
-import copy
 
 import pandas as pd
 import pytest
