@@ -2,7 +2,14 @@
 
 Knowledge entropy (Kim et al., 2024) is the entropy of how a model spreads its use of the
 feed-forward memory vectors over a dataset; see docs/method.md and notebooks/01.
+
+Importing it pins the CPU kernels to AVX2 on x86-64 (see :mod:`ke_utils.cpu_kernels`), before any
+tensor work, so that the built-in families and the training on them are the same on every machine.
 """
+
+from .cpu_kernels import pin_cpu_kernels
+
+pin_cpu_kernels()
 
 from .attribution import UpdateTracker, batch_attribution
 from .batching import length_bucketed_batches, pad_batch, tokenize_documents

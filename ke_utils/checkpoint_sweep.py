@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
-from .cache import cache_dir, config_key
+from .cache import atomic_path, cache_dir, config_key
 from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, iter_models
 from .entropy import ORIGINAL_LOG_EPS, coefficient_means, knowledge_entropy
 from .hub_cache import delete_revision, format_bytes, hub_cache_dir, revision_disk_bytes
@@ -39,9 +39,10 @@ def _digest(tensor: torch.Tensor) -> str:
 
 
 def _save_entry(path: Path, means: torch.Tensor, info: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"means": means.contiguous()}, str(tmp), metadata={"info": json.dumps(info), "sha256": _digest(means)})
-    tmp.replace(path)
+    """Write an entry via a temporary file of this writer's own and an atomic rename: two processes
+    that measure the same checkpoint at once each leave a whole entry (the last rename wins)."""
+    with atomic_path(path) as tmp:
+        save_file({"means": means.contiguous()}, str(tmp), metadata={"info": json.dumps(info), "sha256": _digest(means)})
 
 
 def _load_entry(path: Path) -> tuple[torch.Tensor, dict] | None:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import multiprocessing
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, get_constant_schedule_with_warmup,
@@ -25,6 +29,7 @@ from transformers.utils import logging
 
 from .cache import atomic_write_text, cache_dir, config_key
 from .checkpoints import Checkpoint, local_checkpoints
+from .cpu_kernels import cpu_capability, environment, kernels_pinned
 from .training import optimizer, pack, train_step
 from .world import TEMPLATES, WorldConfig, generate_world, pretraining_corpus
 
@@ -77,6 +82,8 @@ FAMILIES: dict[str, FamilyConfig] = {
     # whole run): its checkpoints sit at different learning rates, as the study's did.
     "decayed": FamilyConfig(schedule="cosine"),
 }
+# Reference digests of the families the notebooks use, built with the pinned CPU kernels.
+FINGERPRINTS = Path(__file__).resolve().parents[1] / "data" / "family_fingerprints.json"
 # The families the notebooks use by default (built before they run by the main job and the tests).
 NOTEBOOK_FAMILIES = ("overtrained", "decayed")
 
@@ -214,10 +221,35 @@ def _pretrain(model, tokenizer, data: torch.Tensor, config: FamilyConfig, opt, s
     return log
 
 
-def build_family(config: FamilyConfig, root: Path | None = None, progress: bool = True) -> Path:
-    """World -> corpus -> tokenizer -> pretraining with checkpoints. Written to a temporary
-    folder and renamed when complete, so an interrupted build never looks finished."""
+def build_family(config: FamilyConfig, root: Path | None = None, progress: bool = True, force: bool = False) -> Path:
+    """World -> corpus -> tokenizer -> pretraining with checkpoints. One builder at a time per family
+    (a file lock: a second process waits, then finds the family built); written to a temporary
+    folder and renamed when complete, so an interrupted build never looks finished. Where this
+    process's CPU kernels are not the pinned ones (:mod:`~ke_utils.cpu_kernels`), the build runs
+    in a fresh process that has them. The finished family is compared with its reference digest."""
     final = family_dir(config, root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(final) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process that is building {final.name} ...", flush=True)
+        lock.acquire()
+    try:
+        if force or not _is_complete(config, final):
+            if kernels_pinned():
+                _build(config, final, progress)
+            else:
+                _build_in_fresh_process(config, final, progress)
+    finally:
+        lock.release()
+    check_fingerprint(config, root)
+    _CHECKED.add(final)
+    return final
+
+
+def _build(config: FamilyConfig, final: Path, progress: bool) -> None:
+    """The build itself (callers hold the family's lock)."""
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -239,12 +271,23 @@ def build_family(config: FamilyConfig, root: Path | None = None, progress: bool 
         "build_seconds": round(time.perf_counter() - start, 1),
         "train_tokens": int(data.numel()),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "environment": environment(),
         "log": log,
     }
     atomic_write_text(tmp / "family.json", json.dumps(info))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    return final
+
+
+def _build_in_fresh_process(config: FamilyConfig, final: Path, progress: bool) -> None:
+    """:func:`_build` in a new Python process (``spawn``), which pins its CPU kernels on import."""
+    print(f"this process already chose {cpu_capability()} CPU kernels: building {final.name} in a fresh "
+          "process with the pinned ones (its progress goes to the terminal)", flush=True)
+    process = multiprocessing.get_context("spawn").Process(target=_build, args=(config, final, progress))
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"building {final.name} in a fresh process failed (exit code {process.exitcode})")
 
 
 def resume_pretraining(checkpoint: Checkpoint, config: FamilyConfig, until: int, folder: Path,
@@ -267,8 +310,63 @@ def resume_pretraining(checkpoint: Checkpoint, config: FamilyConfig, until: int,
     return Path(folder)
 
 
-def _is_built(folder: Path) -> bool:
-    return (folder / "family.json").exists()
+_CHECKED: set[Path] = set()  # cached families compared with their reference digest in this process
+
+
+def _is_complete(config: FamilyConfig, folder: Path) -> bool:
+    """Whether ``folder`` holds the whole family: its record, texts and every checkpoint's weights."""
+    return all((folder / name).is_file() for name in
+               ["family.json", "texts.json", *(f"step{s}/model.safetensors" for s in config.checkpoint_steps)])
+
+
+def _ensure_built(config: FamilyConfig, root: Path | None, progress: bool = True) -> Path:
+    """The family's folder, built first if missing; a cached folder that lacks part of the family
+    (an older interrupted or raced build) is rebuilt with a warning."""
+    folder = family_dir(config, root)
+    if not _is_complete(config, folder):
+        if folder.exists():
+            warnings.warn(f"the cached built-in family {folder} is incomplete (a checkpoint or its record is "
+                          "missing); rebuilding it")
+        build_family(config, root, progress)  # compares it with its reference
+    elif folder not in _CHECKED:
+        check_fingerprint(config, root)
+    _CHECKED.add(folder)
+    return folder
+
+
+def fingerprint(config: FamilyConfig, root: Path | None = None) -> str:
+    """sha256 hex digest of the family's last checkpoint's ``model.safetensors``."""
+    path = family_dir(config, root) / f"step{config.checkpoint_steps[-1]}" / "model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def reference_fingerprint(config: FamilyConfig) -> dict | None:
+    """The reference build's entry of ``data/family_fingerprints.json`` for this configuration
+    (matched by its key: family name, ``sha256``, and the environment it was made in), or None."""
+    if not FINGERPRINTS.exists():
+        return None
+    table = json.loads(FINGERPRINTS.read_text())
+    return next(({"family": name, **entry, "environment": table["environment"]}
+                 for name, entry in table["families"].items() if entry["key"] == config.key()), None)
+
+
+def check_fingerprint(config: FamilyConfig, root: Path | None = None) -> bool | None:
+    """Compare a built family with its reference digest: True if equal, None if it has no reference;
+    False (with a warning naming the family, both digests and what differs) otherwise."""
+    reference = reference_fingerprint(config)
+    if reference is None:
+        return None
+    actual = fingerprint(config, root)
+    if actual == reference["sha256"]:
+        return True
+    built = json.loads((family_dir(config, root) / "family.json").read_text()).get("environment", {})
+    differs = {k: (v, built.get(k)) for k, v in reference["environment"].items() if built.get(k) != v}
+    warnings.warn(
+        f"built-in family {reference['family']!r} is not the reference build: its last checkpoint has sha256 "
+        f"{actual}, expected {reference['sha256']}. Reference vs this build: "
+        + (", ".join(f"{k} {a} vs {b}" for k, (a, b) in differs.items()) or "same CPU kernels and versions")
+        + ". The notebooks' numbers will differ from the README's.", stacklevel=2)
+    return False
 
 
 def builtin_family(
@@ -280,10 +378,7 @@ def builtin_family(
     and ``AutoTokenizer.from_pretrained`` load.
     """
     config = family_config(name_or_config)
-    folder = family_dir(config, root)
-    if not _is_built(folder):
-        build_family(config, root, progress)
-    return local_checkpoints(folder)
+    return local_checkpoints(_ensure_built(config, root, progress))
 
 
 def builtin_texts(
@@ -292,10 +387,7 @@ def builtin_texts(
     """``n`` documents (all if None) of the built-in corpus; ``split`` is "train" or "heldout"."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
-    config = family_config(name_or_config)
-    folder = family_dir(config, root)
-    if not _is_built(folder):
-        build_family(config, root)
+    folder = _ensure_built(family_config(name_or_config), root)
     texts = json.loads((folder / "texts.json").read_text())[split]
     if n is not None and n > len(texts):
         raise ValueError(f"asked for {n} {split} documents, the corpus has {len(texts)}")
@@ -304,9 +396,7 @@ def builtin_texts(
 
 def family_info(name_or_config: str | FamilyConfig = "overtrained", root: Path | None = None) -> dict:
     """The build record: configuration, build time, token count, training loss per step."""
-    folder = family_dir(family_config(name_or_config), root)
-    if not _is_built(folder):
-        builtin_family(name_or_config, root)
+    folder = _ensure_built(family_config(name_or_config), root)
     return json.loads((folder / "family.json").read_text())
 
 
@@ -330,22 +420,41 @@ def family_summary(name_or_config: str | FamilyConfig = "overtrained", root: Pat
     }, name="built-in family")
 
 
+def record_fingerprint(name: str, root: Path | None = None) -> dict:
+    """Write the built family ``name``'s digest into ``data/family_fingerprints.json`` (the
+    reference every later build is compared with); all entries share one environment."""
+    config = family_config(name)
+    folder = _ensure_built(config, root)
+    built = json.loads((folder / "family.json").read_text())["environment"]
+    table = json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.exists() else {"environment": built, "families": {}}
+    if table["environment"] != built:
+        raise ValueError(f"{name} was built in {built}, the recorded families in {table['environment']}: "
+                         "rebuild it (--force) where they were built")
+    table["families"][name] = {"key": config.key(), "sha256": fingerprint(config, root)}
+    table["families"] = dict(sorted(table["families"].items()))
+    atomic_write_text(FINGERPRINTS, json.dumps(table, indent=2) + "\n")
+    return table["families"][name]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="overtrained",
                         help=f"one of {sorted(FAMILIES)}, optionally with a pretraining seed: 'decayed-seed1'")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument("--record", action="store_true",
+                        help=f"write its digest into {FINGERPRINTS.relative_to(FINGERPRINTS.parents[1])} as the reference")
     args = parser.parse_args(argv)
     try:
         config = family_config(args.family)
     except ValueError as error:
         parser.error(str(error))
-    if args.force or not _is_built(family_dir(config)):
-        build_family(config)
+    build_family(config, force=args.force)
     checkpoints = builtin_family(config)
     info = family_info(config)
     print(f"built-in family {args.family!r}: {len(checkpoints)} checkpoints in {family_dir(config)}")
     print(f"steps: {[c.step for c in checkpoints]}; build took {info['build_seconds']} s")
+    if args.record:
+        print(f"recorded as the reference: {record_fingerprint(args.family)}")
 
 
 if __name__ == "__main__":

@@ -7,21 +7,28 @@ import os
 from pathlib import Path
 
 KEY_NUMBERS_FILE = "key_numbers.json"
+FINDINGS_FILE = "findings.json"
+
+
+def _append(file: str, entry: dict) -> None:
+    """Append ``entry`` (numpy / torch scalars made plain) to ``$KE_RESULTS_DIR/file``, a JSON list;
+    nothing when that variable is not set (a notebook opened by hand)."""
+    folder = os.environ.get("KE_RESULTS_DIR")
+    if not folder:
+        return
+    plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in entry.items()}
+    clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in plain.items()}
+    path = Path(folder) / file
+    entries = json.loads(path.read_text()) if path.exists() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries + [clean], indent=1))
 
 
 def key_numbers(notebook: str, **numbers: float | int | str) -> None:
     """Record the numbers that matter for the main job: appended to
     ``$KE_RESULTS_DIR/key_numbers.json`` (a list of entries) when that variable is set, nothing
     otherwise. Prints nothing, so a reader sees only what the notebook says in words."""
-    folder = os.environ.get("KE_RESULTS_DIR")
-    if not folder:
-        return
-    plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in numbers.items()}  # numpy / torch scalars
-    clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in plain.items()}
-    path = Path(folder) / KEY_NUMBERS_FILE
-    entries = json.loads(path.read_text()) if path.exists() else []
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries + [{"notebook": notebook, **clean}], indent=1))
+    _append(KEY_NUMBERS_FILE, {"notebook": notebook, **numbers})
 
 
 def read_key_numbers(folder: str | Path) -> list[dict]:
@@ -30,9 +37,19 @@ def read_key_numbers(folder: str | Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def finding(claim: str, observed: bool, *, required: bool = False) -> None:
-    """State a finding next to whether this run showed it. With ``required=True`` the notebook
-    fails when it did not (use it for what the default run is known to show)."""
-    print(("OBSERVED in this run: " if observed else "NOT observed in this run: ") + claim)
+def read_findings(folder: str | Path) -> list[dict]:
+    """The findings :func:`finding` recorded in ``folder``: ``claim, observed, required`` and ``value`` if given."""
+    path = Path(folder) / FINDINGS_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def finding(claim: str, observed: bool, *, required: bool = False, value: float | None = None) -> None:
+    """State a finding next to whether this run showed it (and the number behind it, ``value``,
+    when given); the main job records it (``findings.json``). With ``required=True`` the notebook
+    fails when it did not: only for what holds on every pretraining seed (docs/findings_over_seeds.md)."""
+    shown = "" if value is None else f" [{value:.4g}]"
+    print(("OBSERVED in this run: " if observed else "NOT observed in this run: ") + claim + shown)
+    _append(FINDINGS_FILE, {"claim": claim, "observed": bool(observed), "required": required,
+                            **({} if value is None else {"value": float(value)})})
     if required:
         assert observed, f"expected finding not observed: {claim}"

@@ -3,8 +3,10 @@ into ``results/`` (executed copies and figures), and print each notebook's key n
 
     python -m ke_utils.run_notebooks [--only 02] [--out results] [--threads 1] [--jobs 2] [-p NAME=VALUE ...]
 
-It prints, and writes to ``results/summary.json``, each notebook's wall time and its kernel's peak
-memory (``--threads 1`` for the one CPU Binder gives).
+Every notebook runs even when an earlier one fails. It prints, and writes to
+``results/summary.json``, each notebook's status (``"ok"`` or ``"failed"`` with its first error
+line), wall time and kernel peak memory (``--threads 1`` for the one CPU Binder gives), then a
+summary table; it exits with status 1 if any notebook failed.
 
 ``-p FULL=True`` sets a parameter the way papermill does: a cell tagged ``injected-parameters``
 after the notebook's cell tagged ``parameters``.
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .pretrain import NOTEBOOK_FAMILIES, builtin_family
-from .report import KEY_NUMBERS_FILE, read_key_numbers
+from .report import FINDINGS_FILE, KEY_NUMBERS_FILE, read_findings, read_key_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +65,9 @@ def run(paths: list[Path], out: Path, timeout: int = 1800, parameters: dict | No
         jobs: int = 1) -> list[dict]:
     """Execute ``paths`` with nbclient, each in a fresh kernel, ``jobs`` at a time (in order for
     1); executed copies go to ``out/``, figures and key numbers to ``out/<notebook>/``. Returns
-    (and writes to ``out/summary.json``) per notebook, in the order of ``paths``, its wall time,
-    its kernel's peak memory and key numbers. With ``jobs > 1`` give each kernel fewer threads
+    (and writes to ``out/summary.json``) per notebook, in the order of ``paths``, its status
+    (``"ok"``, or ``"failed"`` and ``error``, its first error line), wall time, its kernel's peak
+    memory and key numbers; a failed notebook does not stop the others. With ``jobs > 1`` give each kernel fewer threads
     (``OMP_NUM_THREADS``), or they compete for the same cores."""
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -82,25 +85,51 @@ def _execute(path: Path, out: Path, timeout: int, parameters: dict | None) -> di
     if parameters:
         inject_parameters(notebook, parameters, path.name)
     results = (out / path.stem).resolve()
-    (results / KEY_NUMBERS_FILE).unlink(missing_ok=True)
+    for file in (KEY_NUMBERS_FILE, FINDINGS_FILE):
+        (results / file).unlink(missing_ok=True)
     peak: dict[str, float | None] = {"mb": None}
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not its TCP-transport notice
                             resources={"metadata": {"path": str(path.parent)}},
                             on_cell_executed=lambda **_: peak.update(mb=_kernel_peak_mb(client)))
     start = time.perf_counter()
+    error = None
     try:  # the kernel's own environment says where its results go (kernels may run side by side)
         client.execute(env={**os.environ, "KE_RESULTS_DIR": str(results)})
+    except Exception as exc:  # noqa: BLE001 (any failure is reported, and the next notebook runs)
+        error = first_error_line(exc)
     finally:  # a failed notebook is kept as far as it ran, with the error in its cell
         nbformat.write(notebook, out / path.name)
     seconds = time.perf_counter() - start
     numbers = read_key_numbers(results)
     memory = "?" if peak["mb"] is None else f"{peak['mb']:.0f} MB"
-    lines = [f"\n== {path.name} ({seconds:.0f} s, kernel peak {memory}) -> {out / path.name}"]
+    status = "ok" if error is None else "failed"
+    lines = [f"\n== {path.name} {status.upper()} ({seconds:.0f} s, kernel peak {memory}) -> {out / path.name}"]
+    lines += [f"   {error}"] if error else []
     lines += ["   " + ", ".join(f"{k}={v}" for k, v in entry.items() if k != "notebook") for entry in numbers]
     print("\n".join(lines), flush=True)
-    return {"notebook": path.name, "seconds": round(seconds, 1),
-            "peak_kernel_mb": None if peak["mb"] is None else round(peak["mb"]), "numbers": numbers}
+    return {"notebook": path.name, "status": status, **({"error": error} if error else {}), "seconds": round(seconds, 1),
+            "peak_kernel_mb": None if peak["mb"] is None else round(peak["mb"]), "numbers": numbers,
+            "findings": read_findings(results)}
+
+
+def first_error_line(exc: BaseException) -> str:
+    """The line that names a notebook's failure: a cell's ``Name: message``, else the exception's first line."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}".splitlines()[0][:300]
+    return (f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def summary_table(summary: list[dict]) -> str:
+    """One line per notebook: name, status, seconds, kernel peak memory, first error line."""
+    width = max((len(entry["notebook"]) for entry in summary), default=8)
+    lines = [f"{'notebook':<{width}}  status  seconds  peak MB  error"]
+    for entry in summary:
+        peak = "?" if entry["peak_kernel_mb"] is None else entry["peak_kernel_mb"]
+        lines.append(f"{entry['notebook']:<{width}}  {entry['status']:<6}  {entry['seconds']:>7.0f}  {peak:>7}  "
+                     f"{entry.get('error', '')}".rstrip())
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     if str(parameters.get("SUBJECT", "builtin")).startswith("builtin"):  # a hub or local subject needs no build
         for name in NOTEBOOK_FAMILIES:
             builtin_family(name)
-    run(paths, args.out, args.timeout, parameters, args.jobs)
-    print(f"\nexecuted {len(paths)} notebook(s); results in {args.out}")
+    summary = run(paths, args.out, args.timeout, parameters, args.jobs)
+    failed = [entry["notebook"] for entry in summary if entry["status"] != "ok"]
+    print(f"\n{summary_table(summary)}\n\nexecuted {len(paths)} notebook(s), {len(failed)} failed; results in {args.out}")
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

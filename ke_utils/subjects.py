@@ -94,11 +94,19 @@ def load_subject(
     steps: list[int] | None = None,
     text_source: tuple[str, str | None, str, str] = DEFAULT_HUB_TEXTS,
     texts: str | None = None,
+    pretrain_seed: int = 0,
 ) -> Subject:
     """Checkpoints (optionally ``n_checkpoints`` log-spaced, or explicit ``steps``) and ``n_docs``
     held-out evaluation texts of ``subject``: the built-in family's own, ``text_source`` streamed
-    for other subjects, or, given ``texts``, :func:`read_texts` of it (for any subject)."""
+    for other subjects, or, given ``texts``, :func:`read_texts` of it (for any subject).
+    ``pretrain_seed``: for a built-in subject, the same family pretrained with that seed
+    (``"builtin"`` with 3 is ``"builtin:overtrained-seed3"``); other subjects are one run (ValueError)."""
     family = (subject.partition(":")[2] or "overtrained") if subject.startswith("builtin") else None
+    if pretrain_seed:
+        if family is None or "-seed" in family:
+            raise ValueError(f"PRETRAIN_SEED={pretrain_seed} applies to a built-in subject without a seed in its name, "
+                             f"not {subject!r} (a hub or local family is one pretraining run)")
+        family, subject = f"{family}-seed{pretrain_seed}", f"builtin:{family}-seed{pretrain_seed}"
     if family:
         checkpoints = builtin_family(family)
     else:

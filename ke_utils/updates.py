@@ -240,18 +240,6 @@ def findings(rows: pd.DataFrame, entropy_margin: float = 0.005, overlap_margin: 
     return out
 
 
-# What the default run (decayed family, stages 300 / 600 / 1200, seed 0; notebook 06) shows, asserted there.
-DEFAULT_FINDINGS = {
-    f"the update entropy is near its ceiling in every run (normalised > {CEILING}): the parameter change is spread over "
-    "nearly all neurons": True,
-    "'study': the late checkpoint's gradient entropy is lower than the early one's": True,
-    "'overtrained (study)': the late checkpoint's gradient entropy is lower than the early one's": False,
-    "reactivation raises the late checkpoint's gradient entropy": True,
-    "in every run the gradient favours the most-used neurons more than the change does (the least-used half gets "
-    "a smaller share of it)": True,
-}
-
-
 def key_numbers(rows: pd.DataFrame) -> dict:
     """The numbers notebook 06 reports: per label, update entropy, gradient entropy and most-used
     overlap (at the first and last stage when it has several)."""

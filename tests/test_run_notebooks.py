@@ -4,6 +4,7 @@ back from the executed notebook."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import nbformat
 import pytest
@@ -56,9 +57,32 @@ def test_main_builds_the_builtin_families_only_for_a_builtin_subject(tmp_path, m
     built-in families; the default run builds them first."""
     built, ran = [], []
     monkeypatch.setattr(run_notebooks, "builtin_family", built.append)
-    monkeypatch.setattr(run_notebooks, "run", lambda paths, out, timeout, parameters, jobs: ran.append(parameters))
+    monkeypatch.setattr(run_notebooks, "run", lambda paths, out, timeout, parameters, jobs: ran.append(parameters) or [])
     (tmp_path / "01.ipynb").write_text("{}")
     run_notebooks.main(["--notebooks", str(tmp_path), "-p", "SUBJECT=allenai/OLMo-1B-hf", "-p", "DEVICE=cuda"])
     assert built == [] and ran == [{"SUBJECT": "allenai/OLMo-1B-hf", "DEVICE": "cuda"}]
     run_notebooks.main(["--notebooks", str(tmp_path)])
     assert built == list(run_notebooks.NOTEBOOK_FAMILIES) and ran[-1] == {}
+
+
+def test_a_failed_notebook_does_not_stop_the_others_and_fails_the_job(tmp_path, monkeypatch, capsys):
+    """The main job runs every notebook, records each one's status and first error line, prints a
+    summary table and exits non-zero when any failed."""
+    broken = notebook()
+    broken.cells.append(nbformat.v4.new_code_cell("assert SEEDS == [], 'expected finding not observed: x'"))
+    nbformat.write(broken, tmp_path / "01_broken.ipynb")
+    fine = notebook()
+    fine.cells.append(nbformat.v4.new_code_cell("report.finding('a claim', True, value=1.5)"))
+    nbformat.write(fine, tmp_path / "02_fine.ipynb")
+    monkeypatch.setattr(run_notebooks, "builtin_family", lambda name: None)
+    with pytest.raises(SystemExit) as exit_:
+        run_notebooks.main(["--notebooks", str(tmp_path), "--out", str(tmp_path / "out"), "--timeout", "120"])
+    assert exit_.value.code == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(e["notebook"], e["status"]) for e in summary] == [("01_broken.ipynb", "failed"), ("02_fine.ipynb", "ok")]
+    assert summary[0]["error"] == "AssertionError: expected finding not observed: x" and "error" not in summary[1]
+    assert summary[1]["numbers"] == [{"notebook": "tiny", "full": False, "seeds": 1}]
+    assert summary[1]["findings"] == [{"claim": "a claim", "observed": True, "required": False, "value": 1.5}]
+    printed = capsys.readouterr().out
+    assert "01_broken.ipynb  failed" in printed and "AssertionError: expected finding not observed: x" in printed
+    assert "2 notebook(s), 1 failed" in printed

@@ -81,3 +81,16 @@ def test_default_stages():
         assert default_stages(repo, [300], study=study.OLMO_1B_CHECKPOINT_STEPS[::3]) == [117850, 738020]
     with pytest.raises(ValueError, match="set STAGES"):
         default_stages("EleutherAI/pythia-160m", [300])
+
+
+def test_a_pretraining_seed_picks_the_seeded_builtin_family(monkeypatch):
+    asked = []
+    monkeypatch.setattr(subjects, "builtin_family", lambda family: asked.append(family) or [])
+    monkeypatch.setattr(subjects, "builtin_texts", lambda split, n, family: ["a text"])
+    assert load_subject("builtin", pretrain_seed=3).name == "builtin:overtrained-seed3"
+    assert load_subject("builtin:decayed", pretrain_seed=2).family == "decayed-seed2"
+    assert load_subject("builtin:decayed", pretrain_seed=0).name == "builtin:decayed"
+    assert asked == ["overtrained-seed3", "decayed-seed2", "decayed"]
+    for subject in ("allenai/OLMo-1B-hf", "builtin:decayed-seed1"):
+        with pytest.raises(ValueError, match="PRETRAIN_SEED=1 applies to a built-in subject"):
+            load_subject(subject, pretrain_seed=1)
