@@ -122,3 +122,14 @@ def test_gpu_bench_runs_on_the_cpu_with_a_small_shape(tmp_path):
         assert run["tokens_per_s"] > 0 and math.isfinite(run["loss"]) and run["mfu"] is None
         assert table[f"(b) training MFU, {name}"][0] == "n/a (no peak for this device)"
     assert table["(a) KE throughput / plain trunk forward throughput"][0] == f"{result['ke_over_forward_throughput']:.3f}"
+
+
+def test_kernel_bench_times_each_side_in_its_own_process(tmp_path):
+    """bench/cpu_kernels.py: the pinned side runs AVX2 kernels (or the CPU's best below them), the
+    native side the CPU's best; the ratio printed is the one written."""
+    result, printed, table = run_bench(SCRIPT.parent / "cpu_kernels.py", ["--quick", "--threads", "1", "--repeats", "1"], tmp_path)
+    assert result["capability"]["pinned"] in ("AVX2", "DEFAULT")
+    if result["capability"]["native"].startswith("AVX512"):
+        assert result["capability"]["pinned"] == "AVX2"
+    assert all(len(v) == 1 and min(v) > 0 for v in result["seconds"].values())
+    assert table["(a) pinned / native seconds per training step"][0] == f"{result['pinned_over_native']:.3f}"
