@@ -53,3 +53,22 @@ def finding(claim: str, observed: bool, *, required: bool = False, value: float 
                             **({} if value is None else {"value": float(value)})})
     if required:
         assert observed, f"expected finding not observed: {claim}"
+
+
+def findings_table(folders: list[str | Path]) -> str:
+    """A markdown table of the findings recorded in several main-job result folders (each with its
+    ``summary.json``; e.g. one per pretraining seed): one row per notebook and claim, one column per
+    folder, each cell ``yes`` / ``no`` and the number behind it; asserted claims are marked."""
+    runs = {Path(folder).name: json.loads((Path(folder) / "summary.json").read_text()) for folder in folders}
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for name, summary in runs.items():
+        for entry in summary:
+            for found in entry.get("findings", []):
+                key = (entry["notebook"][:2], found["claim"] + (" **(asserted)**" if found["required"] else ""))
+                value = f" ({found['value']:.3g})" if found.get("value") is not None else ""
+                rows.setdefault(key, {})[name] = ("yes" if found["observed"] else "no") + value
+    lines = ["| notebook | finding | " + " | ".join(runs) + " |", "|---" * (len(runs) + 2) + "|"]
+    lines += [f"| {nb} | {claim} | " + " | ".join(cells.get(name, "-") for name in runs) + " |"
+              for (nb, claim), cells in rows.items()]
+    return "\n".join(lines)
+

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .pretrain import NOTEBOOK_FAMILIES, builtin_family
-from .report import FINDINGS_FILE, KEY_NUMBERS_FILE, read_findings, read_key_numbers
+from .report import FINDINGS_FILE, KEY_NUMBERS_FILE, findings_table, read_findings, read_key_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="notebooks at a time (default 1; with --threads)")
     parser.add_argument("-p", "--param", type=parse_parameter, action="append", default=[], metavar="NAME=VALUE",
                         help="set a parameter (a Python literal), e.g. -p FULL=True; repeatable")
+    parser.add_argument("--findings-table", nargs="+", type=Path, metavar="RESULTS",
+                        help="print a markdown table of the findings of earlier runs' result folders and exit")
     args = parser.parse_args(argv)
+    if args.findings_table:
+        print(findings_table(args.findings_table))
+        return
     paths = sorted(p for p in args.notebooks.glob("*.ipynb") if not args.only or args.only in p.name)
     if not paths:
         raise SystemExit(f"no notebooks in {args.notebooks}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import nbformat
 import pytest
@@ -86,3 +87,7 @@ def test_a_failed_notebook_does_not_stop_the_others_and_fails_the_job(tmp_path, 
     printed = capsys.readouterr().out
     assert "01_broken.ipynb  failed" in printed and "AssertionError: expected finding not observed: x" in printed
     assert "2 notebook(s), 1 failed" in printed
+    shutil.copytree(tmp_path / "out", tmp_path / "again")
+    run_notebooks.main(["--findings-table", str(tmp_path / "out"), str(tmp_path / "again")])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| notebook | finding | out | again |" and table[2] == "| 02 | a claim | yes (1.5) | yes (1.5) |"
