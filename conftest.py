@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+import ke_utils  # noqa: F401  first: pins the CPU kernels before any test does tensor work (ke_utils.cpu_kernels)
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
