@@ -71,4 +71,3 @@ def findings_table(folders: list[str | Path]) -> str:
     lines += [f"| {nb} | {claim} | " + " | ".join(cells.get(name, "-") for name in runs) + " |"
               for (nb, claim), cells in rows.items()]
     return "\n".join(lines)
-

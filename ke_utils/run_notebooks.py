@@ -155,8 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:  # the kernels inherit the environment, and torch reads it when first imported
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     if str(parameters.get("SUBJECT", "builtin")).startswith("builtin"):  # a hub or local subject needs no build
+        seed = parameters.get("PRETRAIN_SEED", 0)
         for name in NOTEBOOK_FAMILIES:
-            builtin_family(name)
+            builtin_family(f"{name}-seed{seed}" if seed else name)
     summary = run(paths, args.out, args.timeout, parameters, args.jobs)
     failed = [entry["notebook"] for entry in summary if entry["status"] != "ok"]
     print(f"\n{summary_table(summary)}\n\nexecuted {len(paths)} notebook(s), {len(failed)} failed; results in {args.out}")

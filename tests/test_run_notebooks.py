@@ -64,6 +64,8 @@ def test_main_builds_the_builtin_families_only_for_a_builtin_subject(tmp_path, m
     assert built == [] and ran == [{"SUBJECT": "allenai/OLMo-1B-hf", "DEVICE": "cuda"}]
     run_notebooks.main(["--notebooks", str(tmp_path)])
     assert built == list(run_notebooks.NOTEBOOK_FAMILIES) and ran[-1] == {}
+    run_notebooks.main(["--notebooks", str(tmp_path), "-p", "PRETRAIN_SEED=3"])  # the seeded families, not seed 0's
+    assert built[2:] == [f"{name}-seed3" for name in run_notebooks.NOTEBOOK_FAMILIES]
 
 
 def test_a_failed_notebook_does_not_stop_the_others_and_fails_the_job(tmp_path, monkeypatch, capsys):
