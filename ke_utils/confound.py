@@ -35,7 +35,7 @@ from .setups import KnowledgeSetup
 from .stats import mean_interval
 from .stream import StreamConfig
 from . import study
-from .subjects import Subject
+from .subjects import Subject, seeded_subject
 
 # OLMo-1B's pretraining schedule (allenai/OLMo configs/official/OLMo-1B.yaml): linear warmup over
 # 2,000 steps to 4e-4, then cosine to 0.1 x at the end of the run (about 739k steps).
@@ -211,8 +211,7 @@ def pretraining_seeds(subject: str, seeds: Sequence[int]) -> list[str]:
     ``"builtin:decayed-seed1"``, ...; see :func:`~ke_utils.pretrain.family_config`). Any other
     subject is one pretraining run: ``[subject]``, with a message if more seeds were asked for."""
     if subject.startswith("builtin"):
-        family = subject.partition(":")[2] or "overtrained"
-        return [f"builtin:{family}-seed{seed}" for seed in seeds]
+        return [seeded_subject(subject, seed) for seed in seeds]
     if list(seeds) != [0]:
         print(f"{subject}: one pretraining run; PRETRAIN_SEEDS {list(seeds)} ignored")
     return [subject]

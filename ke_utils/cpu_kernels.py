@@ -24,10 +24,9 @@ PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "MKL_ENABLE_INSTRUC
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
-def user_chose_kernels(environ=None) -> bool:
+def user_chose_kernels() -> bool:
     """Whether the environment names CPU kernels itself (then ``ke_utils`` leaves them alone)."""
-    environ = os.environ if environ is None else environ
-    return any(name in environ for name in PINNED)
+    return any(name in os.environ for name in PINNED)
 
 
 def pin_cpu_kernels() -> None:

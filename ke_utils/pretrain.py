@@ -244,7 +244,6 @@ def build_family(config: FamilyConfig, root: Path | None = None, progress: bool 
     finally:
         lock.release()
     check_fingerprint(config, root)
-    _CHECKED.add(final)
     return final
 
 

@@ -75,6 +75,22 @@ def read_texts(source: str, n_docs: int) -> list[str]:
     return list(docs[:n_docs])
 
 
+def builtin_family_name(subject: str) -> str | None:
+    """The built-in family a subject names (``"builtin"`` -> ``"overtrained"``, ``"builtin:decayed-seed1"``
+    -> ``"decayed-seed1"``), None for a hub id or a local folder."""
+    return (subject.partition(":")[2] or "overtrained") if subject.startswith("builtin") else None
+
+
+def seeded_subject(subject: str, seed: int) -> str:
+    """The built-in ``subject`` pretrained with ``seed`` (``"builtin:decayed"``, 1 -> ``"builtin:decayed-seed1"``);
+    ValueError for a hub or local subject (one pretraining run) or a name that already has a seed."""
+    family = builtin_family_name(subject)
+    if family is None or "-seed" in family:
+        raise ValueError(f"PRETRAIN_SEED={seed} applies to a built-in subject without a seed in its name, "
+                         f"not {subject!r} (a hub or local family is one pretraining run)")
+    return f"builtin:{family}-seed{seed}"
+
+
 def default_stages(subject: str, builtin: Sequence[int], study: Sequence[int] = OLMO_1B_CHECKPOINT_STEPS) -> list[int]:
     """Starting checkpoints (steps) of a notebook: ``builtin`` for a built-in family, ``study`` (the
     study's OLMo-1B checkpoints, or some of them) for the OLMo-1B repositories; any other subject
@@ -101,12 +117,9 @@ def load_subject(
     for other subjects, or, given ``texts``, :func:`read_texts` of it (for any subject).
     ``pretrain_seed``: for a built-in subject, the same family pretrained with that seed
     (``"builtin"`` with 3 is ``"builtin:overtrained-seed3"``); other subjects are one run (ValueError)."""
-    family = (subject.partition(":")[2] or "overtrained") if subject.startswith("builtin") else None
     if pretrain_seed:
-        if family is None or "-seed" in family:
-            raise ValueError(f"PRETRAIN_SEED={pretrain_seed} applies to a built-in subject without a seed in its name, "
-                             f"not {subject!r} (a hub or local family is one pretraining run)")
-        family, subject = f"{family}-seed{pretrain_seed}", f"builtin:{family}-seed{pretrain_seed}"
+        subject = seeded_subject(subject, pretrain_seed)
+    family = builtin_family_name(subject)
     if family:
         checkpoints = builtin_family(family)
     else:
