@@ -58,7 +58,9 @@ class WorldConfig:
     n_people: int = 64
     n_paraphrase_people: int = 40
     n_once_people: int = 20
-    n_control_people: int = 20
+    # 100 controls, not 20: notebook 03's per-stage gain beyond control subtracts their mean gain,
+    # and with 20 that mean was noisy enough to flip the sign of a stage (docs/findings_over_seeds.md)
+    n_control_people: int = 100
     n_cities: int = 16
     n_orgs: int = 16
     zipf_exponent: float = 0.0
