@@ -104,7 +104,7 @@ def test_train_command_line_runs_a_small_recipe(tmp_path, capsys):
     import transformers as tf
 
     from helpers import sentencepiece_tokenizer
-    from ke_utils.train import main
+    from ke_utils.commands.train import main
     from ke_utils.world import WorldConfig, generate_world, generic_documents, knowledge_records
 
     world = generate_world(WorldConfig(n_people=8, n_paraphrase_people=2, n_once_people=2, n_control_people=0))
