@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Probe scoring (``ke_utils.probes.score_pairs``) with only the target tokens' positions through
-the output layer, against the full ``[batch, length, vocab]`` logits (the path models outside
-``HEAD_ON_HIDDEN`` take), side by side in one process: seconds (median of alternating repeats,
-after a warm-up of every batch shape), peak memory added (CUDA) and the largest difference in
-log-probability. Random weights at OLMo-1B's shape (vocabulary 50,304) and synthetic probes.
+the output layer, against the full ``[batch, length, vocab]`` logits (the path a model takes when
+``ke_utils.probes.head_on_hidden`` is False for it), side by side in one process: seconds (median
+of alternating repeats, after a warm-up of every batch shape), peak memory added (CUDA) and the
+largest difference in log-probability. Random weights at OLMo-1B's shape (vocabulary 50,304) and
+synthetic probes.
 
     python bench/probe_scoring.py               # CUDA, OLMo-1B shape, bf16
     python bench/probe_scoring.py --quick       # a small shape on the CPU (seconds only)
@@ -50,10 +51,10 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     with device:
         model = tf.OlmoForCausalLM(config).to(torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
-    heads = {"scored positions": probes.HEAD_ON_HIDDEN, "full logits": frozenset()}
+    heads = {"scored positions": probes.head_on_hidden, "full logits": lambda model: False}
 
     def score(name: str, batch_size: int):
-        probes.HEAD_ON_HIDDEN = heads[name]
+        probes.head_on_hidden = heads[name]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

@@ -5,7 +5,9 @@ Memory neuron j of layer l (docs/method.md section 2) has
 
 - a KEY: the weights that produce its coefficient ``c_j``: row j of the up projection (and of the
   gate projection in a gated MLP), plus entry j of their biases. In transformers' ``Conv1D``
-  (GPT-2's ``mlp.c_fc``, weight ``[in, out]``) that is COLUMN j;
+  (GPT-2's ``mlp.c_fc``, weight ``[in, out]``) that is COLUMN j; in a fused gate/up projection
+  (Phi-3's ``gate_up_proj``, ``[2 d_ff, d_model]``) row j of each half
+  (:mod:`ke_utils.memory.architectures` says which half is which);
 - a VALUE: the weights that write ``c_j`` back to the residual stream: column j of the down
   projection (the coefficient module of :func:`ke_utils.hooks.find_coefficient_modules`), ROW j
   of a ``Conv1D`` ``c_proj`` (``[d_ff, d_model]``). Its bias is shared by all neurons: excluded.
@@ -30,15 +32,9 @@ from torch import nn
 
 from .entropy import KnowledgeEntropy, _forward_kwargs, knowledge_entropy
 from .hooks import _in_features, find_coefficient_modules
-from .reactivation import UP_PROJECTIONS
+from .memory.architectures import ARCHITECTURES, Projection
+from .reactivation import up_projections
 from .training import eval_mode
-
-# model_type -> (suffix of the up projection, suffix of its gate sibling): gated MLPs only,
-# ``c = act(gate(x)) * up(x)``. Non-gated ones (gpt2, gpt_neox, opt, phi, bert, roberta) have none.
-GATE_PROJECTIONS: dict[str, tuple[str, str]] = {
-    t: ("up_proj", "gate_proj")
-    for t in ("llama", "olmo", "olmo2", "olmo3", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
-}
 
 
 # ----------------------------------------------------------------------------- which parameters
@@ -46,12 +42,19 @@ GATE_PROJECTIONS: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class MemoryParameter:
-    """One parameter of the memories: neuron j is ``param.select(axis, j)`` (a row, a column or,
-    for a bias, one entry)."""
+    """One parameter of the memories: neuron j (of ``d_ff``) is ``param.select(axis, start + j)``
+    (a row, a column or, for a bias, one entry); ``start`` is ``d_ff`` for the second half of a
+    fused gate/up projection, else 0."""
 
     name: str
     param: nn.Parameter = field(repr=False)
     axis: int
+    d_ff: int
+    start: int = 0
+
+    def neurons(self, t: torch.Tensor) -> torch.Tensor:
+        """The neurons' part of ``t`` (this parameter, its gradient or its change): ``d_ff`` along ``axis``."""
+        return t.narrow(self.axis, self.start, self.d_ff)
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,6 @@ def _neuron_axis(module: nn.Module, role: str) -> int:
     return (0 if linear else 1) if role == "key" else (1 if linear else 0)
 
 
-def _derive(names: Sequence[str], old: str, new: str, what: str) -> list[str]:
-    bad = [n for n in names if not n.endswith(old)]
-    if bad:
-        raise ValueError(f"cannot derive the {what} from {bad}: they do not end in {old!r}; "
-                         f"pass {what.replace(' ', '_')}=[...] (one module name per layer)")
-    return [n[: -len(old)] + new for n in names]
-
-
 def memory_parameters(
     model: nn.Module,
     module_names: Sequence[str] | None = None,
@@ -91,28 +86,22 @@ def memory_parameters(
 
     module_names: the coefficient (down/output projection) modules, as for
     :func:`~ke_utils.hooks.find_coefficient_modules`. ``up_names`` / ``gate_names`` override the
-    up and gate projections (one per layer; ``gate_names=[]`` for "no gate") for an architecture
-    that :data:`~ke_utils.reactivation.UP_PROJECTIONS` / :data:`GATE_PROJECTIONS` do not know.
+    up and gate projections (one per layer, whole modules; ``gate_names=[]`` for "no gate") for an
+    architecture that the table :mod:`ke_utils.memory.architectures` does not know.
     Raises ValueError for an unknown architecture or modules whose widths do not match ``d_ff``.
     """
     value_names = find_coefficient_modules(model, module_names)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if up_names is None:
-        if model_type not in UP_PROJECTIONS:
-            raise ValueError(
-                f"no known up projection for {type(model).__name__} (model_type={model_type!r}); pass "
-                "up_names=[...] (one per layer, the Linear/Conv1D whose output is the d_ff pre-activation) "
-                "and gate_names=[...] for a gated MLP (or gate_names=[] for none)")
-        up_names = _derive(value_names, *UP_PROJECTIONS[model_type], "up names")
+    ups = up_projections(model, up_names, value_names)
     if gate_names is None:
-        gated = model_type in GATE_PROJECTIONS
-        gate_names = _derive(up_names, *GATE_PROJECTIONS[model_type], "gate names") if gated else []
-    up_names, gate_names = list(up_names), list(gate_names)
+        arch = ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", None))
+        gates = arch.locate(arch.gate, value_names) if arch is not None and arch.gate is not None else []
+    else:
+        gates = [Projection(n) for n in gate_names]
     n_layers = len(value_names)
-    if len(up_names) != n_layers or gate_names and len(gate_names) != n_layers:
-        raise ValueError(f"{n_layers} coefficient modules but {len(up_names)} up and {len(gate_names)} gate names")
+    if len(ups) != n_layers or gates and len(gates) != n_layers:
+        raise ValueError(f"{n_layers} coefficient modules but {len(ups)} up and {len(gates)} gate names")
     modules = dict(model.named_modules())
-    missing = [n for n in [*up_names, *gate_names] if n not in modules]
+    missing = [p.name for p in [*ups, *gates] if p.name not in modules]
     if missing:
         raise ValueError(f"modules not found in {type(model).__name__}: {missing}; pass up_names / gate_names")
 
@@ -121,16 +110,16 @@ def memory_parameters(
         value_module = modules[value_name]
         d_ff = _in_features(value_module)
         keys = []
-        for key_name in ([gate_names[layer]] if gate_names else []) + [up_names[layer]]:
-            module = modules[key_name]
+        for key in ([gates[layer]] if gates else []) + [ups[layer]]:
+            module, start = modules[key.name], key.start(d_ff)
             axis = _neuron_axis(module, "key")
-            if module.weight.ndim != 2 or module.weight.shape[axis] != d_ff:
-                raise ValueError(f"{key_name}: weight {tuple(module.weight.shape)} has no axis of d_ff = {d_ff} "
-                                 f"where a {type(module).__name__}'s outputs are")
-            keys.append(MemoryParameter(f"{key_name}.weight", module.weight, axis))
+            if module.weight.ndim != 2 or module.weight.shape[axis] != key.width(d_ff):
+                raise ValueError(f"{key.name}: weight {tuple(module.weight.shape)} has no axis of "
+                                 f"{key.width(d_ff)} (d_ff = {d_ff}) where a {type(module).__name__}'s outputs are")
+            keys.append(MemoryParameter(f"{key.name}.weight", module.weight, axis, d_ff, start))
             if getattr(module, "bias", None) is not None:
-                keys.append(MemoryParameter(f"{key_name}.bias", module.bias, 0))
-        value = MemoryParameter(f"{value_name}.weight", value_module.weight, _neuron_axis(value_module, "value"))
+                keys.append(MemoryParameter(f"{key.name}.bias", module.bias, 0, d_ff, start))
+        value = MemoryParameter(f"{value_name}.weight", value_module.weight, _neuron_axis(value_module, "value"), d_ff)
         layers.append(LayerMemories(layer, tuple(keys), value, d_ff))
     if len({m.d_ff for m in layers}) != 1:
         raise ValueError(f"layers have different d_ff: {[m.d_ff for m in layers]}")
@@ -148,7 +137,8 @@ def _per_neuron(t: torch.Tensor, axis: int) -> torch.Tensor:
 
 def _accumulate(layers: list[LayerMemories], tensors, key: torch.Tensor, value: torch.Tensor) -> None:
     """Add each memory parameter's per-neuron squared norm (``tensors`` aligned with
-    ``_flat(layers)``; None = zero) into the ``[n_layers, d_ff]`` sums ``key`` / ``value``."""
+    ``_flat(layers)``, each the neurons' part (:meth:`MemoryParameter.neurons`) of a gradient or
+    change; None = zero) into the ``[n_layers, d_ff]`` sums ``key`` / ``value``."""
     it = iter(tensors)
     for l, mem in enumerate(layers):
         for p in mem.keys:
@@ -217,11 +207,12 @@ class UpdateTracker:
     def active(self) -> bool:
         return bool(self._handles)
 
-    def _hook(self, index: int, layer: int, axis: int, target: torch.Tensor):
+    def _hook(self, index: int, layer: int, memory: MemoryParameter, target: torch.Tensor):
         def hook(param: torch.Tensor) -> None:
             if param.grad is not None:
                 with torch.no_grad():
-                    target[layer] += _per_neuron(param.grad, axis).to(target.device, torch.float64)
+                    grad = memory.neurons(param.grad)
+                    target[layer] += _per_neuron(grad, memory.axis).to(target.device, torch.float64)
             self._counts[index] += 1
             return None  # never changes the gradient
 
@@ -233,16 +224,16 @@ class UpdateTracker:
         self._used = True
         try:
             with torch.no_grad():
-                self._snapshot = [p.param.detach().to(self._snapshot_device or p.param.device, copy=True)
+                self._snapshot = [p.neurons(p.param.detach()).to(self._snapshot_device or p.param.device, copy=True)
                                   for p in _flat(self.layers)]
             index = 0
             for l, mem in enumerate(self.layers):
                 for p in mem.keys:
                     self._handles.append(p.param.register_post_accumulate_grad_hook(
-                        self._hook(index, l, p.axis, self.key_grad)))
+                        self._hook(index, l, p, self.key_grad)))
                     index += 1
                 self._handles.append(mem.value.param.register_post_accumulate_grad_hook(
-                    self._hook(index, l, mem.value.axis, self.value_grad)))
+                    self._hook(index, l, mem.value, self.value_grad)))
                 index += 1
         except BaseException:
             self.remove()
@@ -271,7 +262,7 @@ class UpdateTracker:
     def _changes(self) -> tuple[torch.Tensor, torch.Tensor]:
         key = torch.zeros_like(self.key_grad)
         value = torch.zeros_like(self.value_grad)
-        diffs = (p.param.detach().to(s.device, torch.float64) - s.to(torch.float64)
+        diffs = (p.neurons(p.param.detach()).to(s.device, torch.float64) - s.to(torch.float64)
                  for p, s in zip(_flat(self.layers), self._snapshot))  # one parameter at a time
         _accumulate(self.layers, diffs, key, value)
         return key, value
@@ -361,7 +352,7 @@ def batch_attribution(
             p.requires_grad_(False)
     key = torch.zeros(len(layers), layers[0].d_ff, dtype=torch.float64)
     value = torch.zeros_like(key)
-    _accumulate(layers, grads, key, value)
+    _accumulate(layers, (None if g is None else p.neurons(g) for p, g in zip(_flat(layers), grads)), key, value)
     return BatchAttribution(key_grad=key, value_grad=value, loss=float(loss.detach()))
 
 

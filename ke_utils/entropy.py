@@ -18,12 +18,10 @@ from tqdm.auto import tqdm
 from .batching import iter_texts, length_bucketed_batches, pad_token_id, tokenize_documents
 from .distributed import gather_counts, shard, sum_over_processes
 from .hooks import CoefficientAccumulator
+from .memory.architectures import ARCHITECTURES
 from .training import eval_mode
 
 WEIGHTINGS = ("token", "document", "original")
-# Models that derive position ids from input_ids/attention_mask themselves (passing ours would
-# be wrong, e.g. RoBERTa offsets positions by padding_idx + 1).
-_OWN_POSITIONS = {"roberta", "xlm-roberta", "camembert", "opt"}
 # The original study's entropy: log(p + 1e-9).
 ORIGINAL_LOG_EPS = 1e-9
 
@@ -92,7 +90,9 @@ def _forward_kwargs(model: nn.Module, batch: dict, weighting: str) -> dict:
     if weighting != "original":  # the original code called model(input_ids=...) without a mask
         mask = batch["attention_mask"]
         kwargs["attention_mask"] = mask
-        if "position_ids" in params and model.config.model_type not in _OWN_POSITIONS:
+        arch = ARCHITECTURES.get(model.config.model_type)
+        # RoBERTa offsets positions by padding_idx + 1: models that derive their own get none of ours
+        if "position_ids" in params and not (arch is not None and arch.own_positions):
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     if "use_cache" in params:
         kwargs["use_cache"] = False

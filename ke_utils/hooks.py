@@ -16,20 +16,12 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .memory.architectures import ARCHITECTURES
+
 # model_type -> regex over module names (prefix-free: matched at a dot boundary) whose
-# single group is the layer index. The module's *input* is the coefficient c.
-COEFFICIENT_MODULES: dict[str, str] = {
-    **{
-        t: r"layers\.(\d+)\.mlp\.down_proj"
-        for t in ("llama", "olmo", "olmo2", "olmo3", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
-    },
-    "gpt_neox": r"layers\.(\d+)\.mlp\.dense_4h_to_h",
-    "gpt2": r"h\.(\d+)\.mlp\.c_proj",
-    "opt": r"layers\.(\d+)\.fc2",
-    "phi": r"layers\.(\d+)\.mlp\.fc2",
-    "bert": r"layer\.(\d+)\.output\.dense",
-    "roberta": r"layer\.(\d+)\.output\.dense",
-}
+# single group is the layer index. The module's *input* is the coefficient c. A view of the
+# table (ke_utils.memory.architectures), which find_coefficient_modules reads.
+COEFFICIENT_MODULES: dict[str, str] = {t: a.coefficient_pattern for t, a in ARCHITECTURES.items()}
 
 _D_FF_KEYS = ("intermediate_size", "ffn_dim", "n_inner", "d_ff")
 
@@ -98,7 +90,8 @@ def find_coefficient_modules(
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-    found = _by_pattern(model, COEFFICIENT_MODULES[model_type]) if model_type in COEFFICIENT_MODULES else {}
+    arch = ARCHITECTURES.get(model_type)
+    found = _by_pattern(model, arch.coefficient_pattern) if arch is not None else {}
     if not found:
         found = _fallback(model, intermediate_size(config) if config is not None else None)
     if not found or (n_layers and len(found) != n_layers) or sorted(found) != list(range(len(found))):

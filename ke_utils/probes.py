@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from .batching import pad_batch, pad_token_id
+from .memory.architectures import ARCHITECTURES
 from .records import PROBE_KINDS
 from .training import eval_mode
 
@@ -66,19 +67,21 @@ def encode_pairs(tokenizer, inputs: Sequence[str], targets: Sequence[str]) -> li
     return pairs
 
 
-# Causal LMs whose logits are their output layer applied to the base model's last hidden states
-# (gemma2 and gemma3 then cap them by ``final_logit_softcapping``), as transformers' modeling code
-# has it: for these only the scored positions go through the output layer.
-HEAD_ON_HIDDEN = frozenset({"llama", "olmo", "olmo2", "olmo3", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
-                            "gemma3_text", "gpt_neox", "gpt2", "opt", "phi"})
+def head_on_hidden(model) -> bool:
+    """Whether ``model``'s logits are its output layer on its base model's last hidden states (then
+    capped by ``final_logit_softcapping`` if set), as the architectures table says
+    (``Architecture.head_on_hidden``; False for a model it does not know): then only the scored
+    positions need go through the output layer."""
+    arch = ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", None))
+    return arch is not None and arch.head_on_hidden
 
 
 def _scored_logits(model, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """Logits ``[n_scored, vocab]`` (fp32) at the positions where ``scored`` (``[batch, seq - 1]``,
-    the positions that predict ``ids[:, 1:]``) is true. A model of ``HEAD_ON_HIDDEN`` runs its base
+    the positions that predict ``ids[:, 1:]``) is true. A model with :func:`head_on_hidden` runs its base
     model and its output layer sees the ``n_scored`` hidden states only; any other (a masked LM, a
     causal LM that scales its logits after the output layer) gives its full logits, then selected."""
-    if getattr(getattr(model, "config", None), "model_type", None) not in HEAD_ON_HIDDEN:
+    if not head_on_hidden(model):
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1][scored].float()
     hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
     logits = model.get_output_embeddings()(hidden[scored])
@@ -93,7 +96,7 @@ def score_pairs(model, tokenizer, inputs: Sequence[str], targets: Sequence[str],
     """Per pair: ``logprob`` (mean over target tokens, nats), ``logprob_sum``, ``n_target`` and
     ``exact`` (greedy decoding reproduces every target token). Pairs are batched by length (little
     padding); only the target tokens' positions go through the output layer (``[n_scored, vocab]``
-    logits, no ``[batch, length, vocab]`` tensor; a model outside ``HEAD_ON_HIDDEN`` computes its
+    logits, no ``[batch, length, vocab]`` tensor; a model without :func:`head_on_hidden` computes its
     full logits) and each token's log-probability is its logit minus the log-sum-exp over the
     vocabulary."""
     pairs = encode_pairs(tokenizer, inputs, targets)

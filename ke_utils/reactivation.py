@@ -3,10 +3,12 @@ neurons of every layer so that the model spreads its use of them more evenly.
 
 For layer l with coefficient means ``a_l`` (``[d_ff]``, from :func:`coefficient_means`), the
 fraction ``ratio`` (p) of neurons with the lowest ``a_l[j]`` gets the factor
-``s_j = factor * mean(a_l) / a_l[j]`` (q = ``factor``), applied to row j of the up projection.
-In a gated MLP (``c = act(gate(x)) * up(x)``) this multiplies ``c_j`` by exactly ``s_j``. In a
-non-gated MLP (``c = act(fc(x))``) scaling row j of ``fc`` is exact only for ReLU; for GELU and
-the like it is an approximation, and a warning says so.
+``s_j = factor * mean(a_l) / a_l[j]`` (q = ``factor``), applied to row j of the up projection
+(of a fused gate/up projection such as Phi-3's ``gate_up_proj``, ``[2 d_ff, d_model]``: row j of
+its up half, the half :mod:`ke_utils.memory.architectures` names). In a gated MLP
+(``c = act(gate(x)) * up(x)``) this multiplies ``c_j`` by exactly ``s_j``. In a non-gated MLP
+(``c = act(fc(x))``) scaling row j of ``fc`` is exact only for ReLU; for GELU and the like it is
+an approximation, and a warning says so.
 
 Two controls the study did not run use the *same* factors on other neurons: ``select="random"``
 (as many neurons, chosen at random) and ``select="most"`` (the most-used neurons, the largest
@@ -23,7 +25,7 @@ import contextlib
 import copy
 import itertools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -32,19 +34,8 @@ from torch import nn
 
 from .entropy import coefficient_means, knowledge_entropy
 from .hooks import find_coefficient_modules
+from .memory.architectures import Projection, architecture
 from .training import kept_modes
-
-# model_type -> (suffix of the coefficient module, suffix of the up projection that replaces it)
-UP_PROJECTIONS: dict[str, tuple[str, str]] = {
-    **{t: ("down_proj", "up_proj")
-       for t in ("llama", "olmo", "olmo2", "olmo3", "mistral", "qwen2", "qwen3", "gemma", "gemma2")},
-    "gpt_neox": ("dense_4h_to_h", "dense_h_to_4h"),
-    "gpt2": ("mlp.c_proj", "mlp.c_fc"),
-    "opt": ("fc2", "fc1"),
-    "phi": ("fc2", "fc1"),
-    "bert": ("output.dense", "intermediate.dense"),
-    "roberta": ("output.dense", "intermediate.dense"),
-}
 
 SELECTIONS = ("least", "random", "most")
 LARGE_FACTOR = 100.0  # factors above this are reported in the notes: they can distort later layers
@@ -80,21 +71,30 @@ class Reactivation:
             for l, (m, i, s) in enumerate(zip(self.modules, self.indices, self.scales))])
 
 
-def up_projection_names(model: nn.Module, up_names: list[str] | None = None) -> list[str]:
-    """The module whose output row j produces neuron j's coefficient, one per layer."""
+def up_projections(model: nn.Module, up_names: Sequence[str] | None = None,
+                   module_names: Sequence[str] | None = None) -> list[Projection]:
+    """The projection whose output j is neuron j's up value (for a fused gate/up projection: its
+    up half), one per layer, from the architectures table next to the coefficient modules
+    (``module_names``, as for :func:`find_coefficient_modules`). ``up_names`` override it: whole modules."""
     if up_names is not None:
-        return list(up_names)
+        return [Projection(n) for n in up_names]
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in UP_PROJECTIONS:
-        raise ValueError(f"no known up projection for {type(model).__name__} (model_type={model_type!r}); "
-                         "pass up_names=[...] (one per layer, the Linear whose output width is d_ff)")
-    old, new = UP_PROJECTIONS[model_type]
-    names = [n[: -len(old)] + new for n in find_coefficient_modules(model)]
+    try:
+        arch = architecture(model_type)
+    except ValueError as e:
+        raise ValueError(f"no known up projection for {type(model).__name__}: {e}; pass up_names=[...] (one per "
+                         "layer, the Linear/Conv1D whose output is the d_ff pre-activation)") from None
+    ups = arch.locate(arch.up, find_coefficient_modules(model, module_names))
     modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules]
+    missing = [p.name for p in ups if p.name not in modules]
     if missing:
         raise ValueError(f"up projections not found in {type(model).__name__}: {missing}; pass up_names=[...]")
-    return names
+    return ups
+
+
+def up_projection_names(model: nn.Module, up_names: Sequence[str] | None = None) -> list[str]:
+    """The module whose outputs produce the neurons' coefficients, one per layer (:func:`up_projections`)."""
+    return [p.name for p in up_projections(model, up_names)]
 
 
 def _is_exact(model: nn.Module, up_names: list[str]) -> bool:
@@ -137,7 +137,7 @@ def _scale_rows(module: nn.Module, rows: torch.Tensor, scales: torch.Tensor) -> 
 
 def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: float, select: str = "least",
                inplace: bool = False, layers: list[int] | None = None, seed: int = 0,
-               up_names: list[str] | None = None) -> tuple[nn.Module, Reactivation]:
+               up_names: Sequence[str] | None = None) -> tuple[nn.Module, Reactivation]:
     """Scale the ``ratio`` least-used neurons of each layer by ``factor * mean(a_l) / a_l[j]``.
 
     means: ``[n_layers, d_ff]`` coefficient means of this model (:func:`coefficient_means`).
@@ -155,7 +155,8 @@ def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: floa
         raise ValueError(f"factor (q) must be a finite number > 0, got {factor}")
     if select not in SELECTIONS:
         raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
-    names = up_projection_names(model, up_names)
+    ups = up_projections(model, up_names)
+    names = [p.name for p in ups]
     if means.ndim != 2 or means.shape[0] != len(names):
         raise ValueError(f"means must be [n_layers={len(names)}, d_ff], got {tuple(means.shape)}")
     if not bool(torch.isfinite(means).all()) or bool((means < 0).any()):
@@ -178,7 +179,7 @@ def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: floa
         s = float(factor) * factors
         if len(s) and float(s.max()) > LARGE_FACTOR:
             notes.append(f"layer {l}: very large factors (up to {float(s.max()):.0f}) on nearly unused neurons")
-        _scale_rows(modules[name], rows, s)
+        _scale_rows(modules[name], rows + ups[l].start(a.numel()), s)
         indices.append(rows)
         scales.append(s)
     return target, Reactivation(float(ratio), float(factor), select, exact, names, indices, scales, notes=notes)

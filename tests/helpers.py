@@ -16,13 +16,19 @@ SMALL = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_la
 
 
 def _config(family: str):
-    """A 2-layer config of ``family`` with d_ff = 64."""
+    """A 2-layer config of ``family`` (a ``model_type``) with d_ff = 64."""
     if family in ("llama", "mistral", "qwen2", "olmo", "olmo2"):
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
                "olmo": tf.OlmoConfig, "olmo2": tf.Olmo2Config}[family]
         return cls(**SMALL, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
-    if family == "gemma":
-        return tf.GemmaConfig(**SMALL, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0)
+    if family == "qwen3":
+        return tf.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0)
+    if family in ("gemma", "gemma2", "gemma3_text"):
+        cls = {"gemma": tf.GemmaConfig, "gemma2": tf.Gemma2Config, "gemma3_text": tf.Gemma3TextConfig}[family]
+        return cls(**SMALL, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0)
+    if family == "phi3":  # one fused gate_up_proj Linear per layer
+        return tf.Phi3Config(**SMALL, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                             bos_token_id=2, eos_token_id=2)
     if family == "gpt_neox":
         return tf.GPTNeoXConfig(**SMALL, max_position_embeddings=64, pad_token_id=0, bos_token_id=2, eos_token_id=2)
     if family == "phi":

@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from helpers import FAMILIES, SMALL, make_model
 from helpers import sentencepiece_tokenizer as make_sentencepiece_tokenizer
-from ke_utils.probes import HEAD_ON_HIDDEN, encode_pairs, probe_table, score_pairs, score_probes, summarize
+from ke_utils.probes import encode_pairs, head_on_hidden, probe_table, score_pairs, score_probes, summarize
 
 PAIRS = (["The quick brown fox jumps over the", "Paris is the capital of", "Memory vectors store", "Knowledge entropy",
           "The lazy", "Memory vectors in feed-forward layers"],
@@ -69,7 +69,7 @@ def test_output_layer_sees_only_the_scored_positions(family, small_vocab):
     """The memory claim: the output layer gets the hidden states of the target tokens only
     (``[n_scored, d]``), never ``[batch, length, d]``."""
     model = _tiny(family)
-    assert model.config.model_type in HEAD_ON_HIDDEN
+    assert head_on_hidden(model)
     seen = []
     handle = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
     try:

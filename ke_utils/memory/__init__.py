@@ -1,0 +1,1 @@
+"""The measurement core that works on any transformers model."""
