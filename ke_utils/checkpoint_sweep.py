@@ -21,13 +21,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
+from .memory.batching import length_bucketed_batches, pad_token_id, tokenize_documents
 from .cache import atomic_path, cache_dir, config_key
 from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, iter_models
-from .entropy import ORIGINAL_LOG_EPS, coefficient_means, knowledge_entropy
+from .memory.entropy import ORIGINAL_LOG_EPS, coefficient_means, knowledge_entropy
 from .hub_cache import delete_revision, format_bytes, hub_cache_dir, revision_disk_bytes
 from .probes import score_probes
-from .related import RelatedMeasures
+from .memory.related import RelatedMeasures
 
 # Bump when a change to the code alters what a sweep measures: cached results of other versions
 # are then neither found (the cache folder is keyed on it) nor accepted (entries record it).

@@ -14,11 +14,11 @@ from transformers import AutoTokenizer
 from .accelerated import ScaleConfig, continue_training_accelerated
 from .checkpoints import load_checkpoint
 from .continual import TrainConfig, continue_training, start_training
-from .entropy import coefficient_means, knowledge_entropy
+from .memory.entropy import coefficient_means, knowledge_entropy
 from .evaluation import evaluator
 from .outcomes import outcome, retention
 from .probes import probe_table, score_probes
-from .reactivation import kept, reactivate, restore
+from .memory.reactivation import kept, reactivate, restore
 from .setups import KnowledgeSetup
 from .stream import StreamConfig, build_stream
 from .training import train_step
@@ -136,10 +136,10 @@ def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], ba
                             train_config=None, seeds=(0,), progress: bool = True,
                             checkpoint=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reactivate ``model`` as each variant (coefficient means measured on ``batches``, e.g.
-    :func:`~ke_utils.batching.text_batches`), measure its KE on the same batches, and continue
+    :func:`~ke_utils.memory.batching.text_batches`), measure its KE on the same batches, and continue
     training it on ``setup``'s stream (same data order for every variant of a seed). One model is
     on the device: the weights as given are kept in host memory and put back before each variant
-    is made in place (:func:`~ke_utils.reactivation.kept`), and ``model`` is left as it was given
+    is made in place (:func:`~ke_utils.memory.reactivation.kept`), and ``model`` is left as it was given
     (values, dtype, mode; ``checkpoint``: where it was loaded from, for the ``matched`` and
     ``resumed`` protocols). Acquisition and retention are relative to the *unmodified* model, so a
     modification that hurts before training is not counted as acquisition.

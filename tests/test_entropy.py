@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import ke_utils
 from ke_utils import coefficient_means, knowledge_entropy, length_bucketed_batches, pad_batch
-from ke_utils.hooks import find_coefficient_modules
+from ke_utils.memory.hooks import find_coefficient_modules
 from helpers import FAMILIES, make_model
 
 DOCS = [[5, 9, 17, 33, 8, 21, 40], [7, 3 + 8, 12], [44, 45, 46, 47, 48], [60], [70, 71, 72, 73, 74, 75, 76, 77, 78]]

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from ke_utils.entropy import coefficient_means, knowledge_entropy
+from ke_utils.memory.entropy import coefficient_means, knowledge_entropy
 from ke_utils.exercises import (check_acquisition, check_coefficient_means, check_forgetting, check_knowledge_entropy,
                                 check_probe_score, check_reactivation)
-from ke_utils.reactivation import reactivate
+from ke_utils.memory.reactivation import reactivate
 
 
 def entropy_right(means):

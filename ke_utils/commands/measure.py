@@ -8,7 +8,7 @@ document per line. OUT gets the float64 coefficient means ``[n_layers, d_ff]`` u
 with ``ke``, ``normalized``, ``processes`` and ``documents_per_process``.
 
 The same command under a distributed launcher splits the documents over the processes and adds
-their sums once at the end (:func:`ke_utils.entropy.measure_means`), e.g.::
+their sums once at the end (:func:`ke_utils.memory.entropy.measure_means`), e.g.::
 
     torchrun --nproc_per_node 2 -m ke_utils.measure ...            # 2 CPU processes (gloo)
     accelerate launch --num_processes 8 -m ke_utils.measure ...    # 8 GPUs (NCCL)
@@ -27,9 +27,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
+from ..cache import atomic_path
 from ..checkpoints import DTYPES, load_checkpoint, named_checkpoint
-from ..distributed import finish, local_device, process_state
-from ..entropy import ORIGINAL_LOG_EPS, WEIGHTINGS, knowledge_entropy, measure_means
+from ..memory.distributed import finish, local_device, process_state
+from ..memory.entropy import ORIGINAL_LOG_EPS, WEIGHTINGS, knowledge_entropy, measure_means
+from .inputs import loading, model_source, one_line_errors, output_file, text_lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,33 +51,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trust-remote-code", action="store_true", help="run the repository's own model code")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if not args.texts.is_file():
-        parser.error(f"--texts {args.texts}: no such file")
     if args.device_map and process_state() is not None:
         parser.error("--device-map splits one model over the GPUs of one process; do not combine it with a "
                      "multi-process launch")
     return args
 
 
-def read_documents(path: Path) -> list[str]:
-    """The non-blank lines of ``path``, one document each."""
-    documents = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not documents:
-        raise SystemExit(f"{path} holds no document (one per line)")
-    return documents
-
-
 def main(argv: list[str] | None = None) -> dict:
+    """Measure and write; a bad input raises :class:`~ke_utils.commands.inputs.BadInput` before any
+    work (:func:`cli` turns it into one line)."""
     args = parse_args(argv)
+    model_source(args.model)
+    output_file(args.out)
+    texts = text_lines(args.texts, "--texts")
     state = process_state()
     checkpoint = named_checkpoint(args.model, args.revision)
     device = local_device("cuda" if torch.cuda.is_available() else "cpu")
     options = {"device_map": args.device_map} if args.device_map else {"device": device}
-    model = load_checkpoint(checkpoint, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code, **options)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision,
-                                              trust_remote_code=args.trust_remote_code)
+    with loading(args.model + (f" at revision {args.revision}" if args.revision else ""), "MODEL",
+                 "check the hub id and --revision, or give a local checkpoint folder"):
+        model = load_checkpoint(checkpoint, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code, **options)
+        tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision,
+                                                  trust_remote_code=args.trust_remote_code)
     is_main = state is None or state.is_main_process
-    means, documents = measure_means(model, tokenizer, read_documents(args.texts), max_docs=args.max_docs,
+    means, documents = measure_means(model, tokenizer, texts, max_docs=args.max_docs,
                                      max_tokens_per_doc=args.max_tokens_per_doc,
                                      max_batch_tokens=args.max_batch_tokens, weighting=args.weighting,
                                      progress=is_main and not args.quiet)
@@ -85,8 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
               "model": args.model, "revision": args.revision, "weighting": args.weighting,
               "dtype": args.dtype, "max_tokens_per_doc": args.max_tokens_per_doc}
     if is_main:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"means": means.contiguous()}, str(args.out), metadata={"result": json.dumps(result)})
+        with atomic_path(args.out) as partial:
+            save_file({"means": means.contiguous()}, str(partial), metadata={"result": json.dumps(result)})
         print(json.dumps(result), flush=True)
     return result
 
@@ -94,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
 def cli() -> None:
     """The console script ``ke-measure`` (and ``python -m ke_utils.measure``): :func:`main`, then the
     distributed process group, if any, is closed."""
-    main(sys.argv[1:])
+    with one_line_errors("ke-measure"):
+        main(sys.argv[1:])
     finish()
 
 

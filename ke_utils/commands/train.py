@@ -27,13 +27,15 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from ..accelerated import STUDY_RECIPE, ScaleConfig
+from ..cache import atomic_write_text
 from ..checkpoints import DTYPES, load_checkpoint, named_checkpoint
-from ..distributed import finish, process_state
 from ..downstream import STUDY_TASKS
 from ..experiments import train_and_evaluate
+from ..memory.distributed import finish, process_state
 from ..outcomes import outcome
 from ..records import load_records
 from ..setups import hub_setup
+from .inputs import BadInput, loading, looks_like_path, model_source, one_line_errors, output_folder, text_lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,7 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train, evaluate and write; a bad input raises :class:`~ke_utils.commands.inputs.BadInput`
+    before any work (:func:`cli` turns it into one line)."""
     args = parse_args(argv)
+    model_source(args.model)
+    output_folder(args.out)
+    if Path(args.texts).is_file():
+        text_lines(Path(args.texts), "--texts")  # UTF-8 with at least one document
+    elif looks_like_path(args.texts) and not Path(args.texts).exists():
+        raise BadInput(f"--texts {args.texts}: no such file or folder; give a text file (one document per line), "
+                       "a datasets folder or a hub dataset id")
+    with loading(str(args.records), "--records", "give the study's knowledge file, a JSON list of records"):
+        records = load_records(args.records)
     state = process_state()
     is_main = state is None or state.is_main_process
     stream_config = dataclasses.replace(STUDY_RECIPE.stream, rounds=args.rounds, interval=args.interval,
@@ -76,21 +89,21 @@ def main(argv: list[str] | None = None) -> dict:
                                         max_injected_rows=args.max_injected_rows, seed=args.seed)
     train_config = dataclasses.replace(STUDY_RECIPE.train, lr=args.lr, warmup=args.warmup, seed=args.seed)
     scale = ScaleConfig(micro_batch=args.micro_batch, gradient_checkpointing=not args.no_gradient_checkpointing)
-    records = load_records(args.records)
     tasks = () if args.tasks == "none" else tuple(args.tasks.split(","))
     setup = hub_setup({"paraphrase": records[: args.n_paraphrase], "once": records[args.n_paraphrase :]},
                       args.n_background, args.n_heldout, tasks, args.n_items, texts=args.texts)
     checkpoint = named_checkpoint(args.model, args.revision)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
-    model = load_checkpoint(checkpoint, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
+    with loading(args.model + (f" at revision {args.revision}" if args.revision else ""), "MODEL",
+                 "check the hub id and --revision, or give a local checkpoint folder"):
+        tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
+        model = load_checkpoint(checkpoint, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
     log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, args.eval_every, is_main,
                              checkpoint, scale)
     result = {"model": args.model, "revision": args.revision, "steps": stream_config.steps,
               "processes": 1 if state is None else state.num_processes, **outcome(log)}
     if is_main:
-        args.out.mkdir(parents=True, exist_ok=True)
-        log.to_csv(args.out / "log.csv", index=False)
-        (args.out / "outcome.json").write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.out / "log.csv", log.to_csv(index=False))
+        atomic_write_text(args.out / "outcome.json", json.dumps(result, indent=1))
         if args.save_model:
             model.save_pretrained(args.out / "model")
             tokenizer.save_pretrained(args.out / "model")
@@ -101,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
 def cli() -> None:
     """The console script ``ke-train`` (and ``python -m ke_utils.train``): :func:`main`, then the
     distributed process group, if any, is closed."""
-    main(sys.argv[1:])
+    with one_line_errors("ke-train"):
+        main(sys.argv[1:])
     finish()
 
 

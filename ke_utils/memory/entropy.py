@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .architectures import ARCHITECTURES
 from .batching import iter_texts, length_bucketed_batches, pad_token_id, tokenize_documents
 from .distributed import gather_counts, shard, sum_over_processes
 from .hooks import CoefficientAccumulator
-from .memory.architectures import ARCHITECTURES
-from .training import eval_mode
+from .modes import eval_mode
 
 WEIGHTINGS = ("token", "document", "original")
 # The original study's entropy: log(p + 1e-9).
@@ -207,7 +207,7 @@ def measure_means(
     """Coefficient means ``[n_layers, d_ff]`` of ``model`` on ``texts`` and how many documents
     each process measured (``[n_documents]`` in a single process).
 
-    Under ``torchrun`` / ``accelerate launch`` (:mod:`ke_utils.distributed`) each process measures
+    Under ``torchrun`` / ``accelerate launch`` (:mod:`ke_utils.memory.distributed`) each process measures
     its contiguous share of the documents and the float64 sums and counts are added up once at the
     end: every process returns the means of all documents, equal to a single-process run.
     """
