@@ -30,7 +30,7 @@ from transformers import AutoTokenizer
 from ..cache import atomic_path
 from ..checkpoints import DTYPES, load_checkpoint, named_checkpoint
 from ..memory.distributed import finish, local_device, process_state
-from ..memory.entropy import ORIGINAL_LOG_EPS, WEIGHTINGS, knowledge_entropy, measure_means
+from ..memory.entropy import WEIGHTINGS, knowledge_entropy, measure_means
 from .inputs import loading, model_source, one_line_errors, output_file, text_lines
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      max_tokens_per_doc=args.max_tokens_per_doc,
                                      max_batch_tokens=args.max_batch_tokens, weighting=args.weighting,
                                      progress=is_main and not args.quiet)
-    ke = knowledge_entropy(means, log_eps=ORIGINAL_LOG_EPS if args.weighting == "original" else 0.0)
+    ke = knowledge_entropy(means, args.weighting)
     result = {"ke": ke.total, "normalized": ke.normalized, "processes": len(documents),
               "documents_per_process": documents, "n_layers": ke.n_layers, "d_ff": ke.d_ff,
               "model": args.model, "revision": args.revision, "weighting": args.weighting,
