@@ -11,9 +11,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .accelerated import ScaleConfig, continue_training_accelerated
 from .checkpoints import load_checkpoint
-from .continual import TrainConfig, continue_training, start_training
+from .continual import ScaleConfig, TrainConfig, continue_training, start_training
 from .memory.entropy import coefficient_means, knowledge_entropy
 from .evaluation import evaluator
 from .outcomes import outcome, retention
@@ -26,11 +25,11 @@ from .training import train_step
 
 def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
                        train_config: TrainConfig, eval_every: int = 0, progress: bool = False,
-                       checkpoint=None, scale: ScaleConfig | None = None) -> pd.DataFrame:
+                       checkpoint=None, scale: ScaleConfig = ScaleConfig()) -> pd.DataFrame:
     """Continued training of ``model`` (in place) on the stream of ``setup``; the evaluation log
     (step 0 = before, after every ``eval_every``-th injection round if > 0, and at the end).
-    ``scale``: train under accelerate in micro-batches over the processes of a launch
-    (:func:`~ke_utils.accelerated.continue_training_accelerated`) instead of whole batches."""
+    ``scale``: micro-batches and gradient checkpointing (:func:`~ke_utils.continual.continue_training`;
+    default: whole batches)."""
     stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
     rounds = [r * stream_config.interval for r in range(eval_every, stream_config.rounds, eval_every)] if eval_every else []
     full = evaluator(tokenizer, setup)
@@ -38,9 +37,7 @@ def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: S
     def evaluate(m, step: int) -> dict:  # retention and LM loss only before and at the end
         return full(m, step, with_retention=step in (0, len(stream.batches)))
 
-    if scale is not None:
-        return continue_training_accelerated(model, stream, train_config, scale, evaluate, rounds, progress, checkpoint)
-    return continue_training(model, stream, train_config, evaluate, rounds, progress, checkpoint)
+    return continue_training(model, stream, train_config, evaluate, rounds, progress, checkpoint, scale)
 
 
 def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,

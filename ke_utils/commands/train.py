@@ -1,5 +1,5 @@
 """Continued training of one checkpoint with injected knowledge, from the command line, at the
-study's scale (:data:`ke_utils.accelerated.STUDY_RECIPE` unless options say otherwise):
+study's scale (:data:`ke_utils.continual.STUDY_RECIPE` unless options say otherwise):
 
     ke-train MODEL --revision REV --records fictional_knowledge.json \\
         --texts BACKGROUND --out DIR
@@ -9,7 +9,7 @@ the first ``--n-paraphrase`` records are injected every round, the rest once); `
 background text (a text file with one document per line, a ``datasets`` folder, or a hub dataset
 id) of which the last ``--n-heldout`` documents measure the held-out loss; retention is measured
 on the study's six downstream tasks (``--tasks none`` skips it). Under ``accelerate launch`` or
-``torchrun`` each global batch is split over the processes (:mod:`ke_utils.accelerated`).
+``torchrun`` each global batch is split over the processes (:func:`ke_utils.continual.continue_training`).
 
 DIR gets ``log.csv`` (the evaluations before, after every ``--eval-every``-th round and at the
 end) and ``outcome.json`` (acquisition, gains, retention: :func:`ke_utils.outcomes.outcome`);
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from ..accelerated import STUDY_RECIPE, ScaleConfig
 from ..cache import atomic_write_text
 from ..checkpoints import DTYPES, load_checkpoint, named_checkpoint
+from ..continual import STUDY_RECIPE, ScaleConfig
 from ..downstream import STUDY_TASKS
 from ..experiments import train_and_evaluate
 from ..memory.distributed import finish, process_state
