@@ -2,7 +2,7 @@
 """How much does watching where the updates go cost? Every figure is a ratio measured side by side
 in this one process, one run (docs/method.md section 2):
 
-(a) training steps with ``ke_utils.attribution.UpdateTracker`` active / the same plain training
+(a) training steps with ``ke_utils.memory.attribution.UpdateTracker`` active / the same plain training
     steps (``ke_utils.training.train_step``: forward, backward, clip to norm 1, AdamW step). Each
     tracked block enters a fresh tracker (snapshot of the MLP weights), runs ``--steps`` steps and
     exits (the final parameter changes are computed there): entry and exit are included, spread
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     device, dtype = torch_setup(args)
-    from ke_utils.attribution import UpdateTracker, batch_attribution
+    from ke_utils.memory.attribution import UpdateTracker, batch_attribution
     from ke_utils.training import optimizer, train_step
 
     model = make_model(args, device, dtype)

@@ -7,7 +7,7 @@ measured side by side in this one process, one run (docs/method.md section 2):
     against the original study's approach on the same documents (bench/ke_overhead.py's
     ``original``: pad to ``--max-len``, fixed batches, no mask, logits, every layer's coefficient
     tensor kept);
-(b) continued training with :func:`ke_utils.accelerated.continue_training_accelerated` (bf16
+(b) continued training with :func:`ke_utils.continual.continue_training` (bf16
     autocast on fp32 master weights, AdamW, gradient accumulation to ``--global-batch`` rows of
     ``--seq-len`` tokens), without and with gradient checkpointing: tokens/s, model FLOP
     utilisation (MFU: 6 x matmul parameters + 12 x layers x width x context FLOPs per token,
@@ -126,7 +126,7 @@ def measure_training(model, args, device, checkpointing: bool) -> dict:
     """(b): seconds per optimizer step, tokens/s and peak memory of continued training."""
     import pandas as pd
 
-    from ke_utils.accelerated import ScaleConfig, continue_training_accelerated
+    from ke_utils.continual import ScaleConfig, continue_training
     from ke_utils.continual import TrainConfig
     from ke_utils.stream import Stream
 
@@ -134,12 +134,12 @@ def measure_training(model, args, device, checkpointing: bool) -> dict:
     batches = torch.randint(1, args.vocab, (args.train_steps, args.global_batch, args.seq_len), generator=generator)
     config = TrainConfig(lr=4e-4, warmup=1, precision="bf16-mixed" if device.type == "cuda" else "fp32")
     scale = ScaleConfig(micro_batch=args.micro_batch, gradient_checkpointing=checkpointing)
-    continue_training_accelerated(model, Stream(batches[:1], pd.DataFrame()), config, scale, progress=False)  # warm-up
+    continue_training(model, Stream(batches[:1], pd.DataFrame()), config, progress=False, scale=scale)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     start = time.perf_counter()
-    log = continue_training_accelerated(model, Stream(batches, pd.DataFrame()), config, scale, progress=False)
+    log = continue_training(model, Stream(batches, pd.DataFrame()), config, progress=False, scale=scale)
     sync(device)
     seconds = (time.perf_counter() - start) / args.train_steps
     return {"step_s": seconds, "tokens_per_s": args.global_batch * args.seq_len / seconds,

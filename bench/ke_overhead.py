@@ -105,7 +105,7 @@ def original(model, docs, args):
     the study's fork returned them with the outputs), ``|c|`` summed over positions afterwards
     (padding included), divided by the number of documents."""
     from ke_utils import pad_batch
-    from ke_utils.hooks import find_coefficient_modules
+    from ke_utils.memory.hooks import find_coefficient_modules
 
     named = dict(model.named_modules())
     modules = [named[n] for n in find_coefficient_modules(model)]

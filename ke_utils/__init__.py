@@ -11,13 +11,13 @@ from .cpu_kernels import pin_cpu_kernels
 
 pin_cpu_kernels()
 
-from .attribution import UpdateTracker, batch_attribution
-from .batching import length_bucketed_batches, pad_batch, tokenize_documents
+from .memory.attribution import UpdateTracker, batch_attribution
+from .memory.batching import length_bucketed_batches, pad_batch, tokenize_documents
 from .checkpoints import Checkpoint, hub_checkpoints, load_checkpoint, local_checkpoints, select
-from .entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy, measure_knowledge_entropy
-from .hooks import COEFFICIENT_MODULES, CoefficientAccumulator, capture_coefficients, find_coefficient_modules
+from .memory.entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy, measure_knowledge_entropy
+from .memory.hooks import COEFFICIENT_MODULES, CoefficientAccumulator, capture_coefficients, find_coefficient_modules
 from .pretrain import builtin_family, builtin_texts
-from .reactivation import measure_reactivation, reactivate
+from .memory.reactivation import measure_reactivation, reactivate
 from .subjects import Subject, load_subject
 from .checkpoint_sweep import sweep
 

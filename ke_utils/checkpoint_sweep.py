@@ -21,13 +21,13 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .batching import length_bucketed_batches, pad_token_id, tokenize_documents
+from .memory.batching import measurement_batches, pad_token_id, tokenize_documents
 from .cache import atomic_path, cache_dir, config_key
 from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, iter_models
-from .entropy import ORIGINAL_LOG_EPS, coefficient_means, knowledge_entropy
+from .memory.entropy import coefficient_means, knowledge_entropy
 from .hub_cache import delete_revision, format_bytes, hub_cache_dir, revision_disk_bytes
 from .probes import score_probes
-from .related import RelatedMeasures
+from .memory.related import RelatedMeasures
 
 # Bump when a change to the code alters what a sweep measures: cached results of other versions
 # are then neither found (the cache folder is keyed on it) nor accepted (entries record it).
@@ -122,10 +122,7 @@ def sweep(
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(checkpoints[0].path, revision=checkpoints[0].revision)
     docs = list(tokenize_documents(tokenizer, texts, max_tokens_per_doc))
-    batches = length_bucketed_batches(
-        docs, pad_token_id(tokenizer), max_batch_tokens,
-        pad_to=max_tokens_per_doc if weighting == "original" else None,
-    )
+    batches = measurement_batches(docs, pad_token_id(tokenizer), weighting, max_tokens_per_doc, max_batch_tokens)
     fingerprints = {c.name: checkpoint_fingerprint(c) for c in checkpoints}
     duplicate_of = {}
     for group in duplicate_groups(fingerprints):
@@ -160,7 +157,7 @@ def sweep(
     rows = []
     for ckpt in checkpoints:
         means, info = results[duplicate_of.get(ckpt.name, ckpt.name)]
-        ke = knowledge_entropy(means, log_eps=ORIGINAL_LOG_EPS if weighting == "original" else 0.0)
+        ke = knowledge_entropy(means, weighting)
         rows.append({
             "name": ckpt.name, "step": ckpt.step, "tokens": ckpt.tokens, "ke": ke.total,
             "normalized": ke.normalized, "per_layer": ke.per_layer.numpy(),

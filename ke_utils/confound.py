@@ -6,7 +6,7 @@ rate. Its checkpoints had been pretrained with cosine decay, so the later a chec
 larger the jump from its own learning rate to that peak: "later" and "abrupt re-warming" go
 together. This module runs the same continued training under the protocols of
 :class:`~ke_utils.continual.TrainConfig` (``study``, ``matched``, ``resumed``), raises a late
-checkpoint's knowledge entropy to an earlier one's with :func:`~ke_utils.reactivation.reactivate`,
+checkpoint's knowledge entropy to an earlier one's with :func:`~ke_utils.memory.reactivation.reactivate`,
 and asks how much of acquisition and forgetting knowledge entropy explains beyond the LR jump.
 """
 
@@ -22,15 +22,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .batching import text_batches
+from .memory.batching import text_batches
 from .checkpoint_sweep import sweep
 from .checkpoints import Checkpoint, load_checkpoint
 from .continual import TrainConfig
-from .entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
+from .memory.entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
 from .experiments import stage_experiment, train_and_evaluate
 from .outcomes import outcome
 from .pretrain import checkpoint_state, has_training_state
-from .reactivation import Reactivation, reactivate, restore, snapshot, up_projection_names
+from .memory.reactivation import Reactivation, reactivate, restore, snapshot, up_projection_names
 from .setups import KnowledgeSetup
 from .stats import mean_interval
 from .stream import StreamConfig

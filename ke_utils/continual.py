@@ -1,12 +1,22 @@
 """Continued training of a checkpoint on a stream (:mod:`ke_utils.stream`) under one of three
 learning-rate protocols (the study's, and two that remove its confound), with evaluations along
-the way."""
+the way: one loop, from one process on one CPU to data parallel over the processes of a launch
+(``accelerate launch`` / ``torchrun``), with gradient accumulation, gradient checkpointing and bf16
+autocast on fp32 master weights; :data:`STUDY_RECIPE` is the study's setup (README, "Scaling up";
+an FSDP configuration for 7B models is in ``docs/accelerate/``).
+
+One optimizer step consumes one global batch of the stream (``[batch, seq]``): each process takes
+its contiguous share of the rows, in micro-batches (:class:`ScaleConfig`), and the gradients are
+averaged over micro-batches and processes before the step. Every row holds ``seq_len`` tokens, so
+this is exactly the gradient of the whole batch's mean loss (tested against one large batch); with
+the whole batch in one micro-batch in one process it is the plain step, bit for bit (tested).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -14,9 +24,11 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule, get_cosine_with_min_lr_schedule_with_warmup
 
 from .checkpoints import Checkpoint
+from .memory.distributed import process_state
 from .pretrain import checkpoint_state, load_training_state
-from .stream import Stream
-from .training import optimizer, train_step
+from .stream import Stream, StreamConfig
+from .study import CONTINUED_PEAK_LR
+from .training import optimizer
 
 
 PROTOCOLS = ("study", "matched", "resumed")
@@ -102,6 +114,70 @@ def start_training(model, config: TrainConfig, steps: int, checkpoint: Checkpoin
     return (autocast, *optimizer_and_schedule(model, config, steps, checkpoint))
 
 
+@dataclass(frozen=True)
+class ScaleConfig:
+    """How one global batch is computed: ``micro_batch`` rows per forward/backward on each
+    process (the rest is gradient accumulation), and gradient checkpointing (recompute the
+    activations in the backward pass: less memory, about a third more compute) where the model
+    supports it."""
+
+    micro_batch: int | None = None  # None: a process's whole share of the batch at once
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"micro_batch must be at least 1, not {self.micro_batch}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A continued-training setup: the stream's shape, the optimizer and schedule, the scale."""
+
+    stream: StreamConfig
+    train: TrainConfig
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+
+
+# The study's setup (Kim et al., 2024; docs/method.md): global batch 128 x 1,024 tokens, 1,600
+# steps, a round of knowledge every 160 steps prepended to 76 of the 128 sequences, fresh AdamW
+# (0.9, 0.95), weight decay 0.1, 80 warmup steps to 4e-4, cosine to 4e-5, gradients clipped to 1.
+STUDY_RECIPE = Recipe(
+    stream=StreamConfig(rounds=10, interval=160, batch_size=128, seq_len=1024, max_injected_rows=76),
+    train=TrainConfig(lr=CONTINUED_PEAK_LR, warmup=80, min_lr_ratio=0.1, weight_decay=0.1, betas=(0.9, 0.95),
+                      protocol="study", precision="bf16-mixed"),
+    scale=ScaleConfig(micro_batch=8, gradient_checkpointing=True),
+)
+
+
+def micro_batches(batch: torch.Tensor, process: int, processes: int, micro_batch: int | None) -> list[torch.Tensor]:
+    """This process's contiguous share of a global batch ``[batch, seq]``, cut into micro-batches
+    of ``micro_batch`` rows (None: the share in one). Every process must get the same number of
+    equal micro-batches (the gradient is their plain average), so the batch must divide evenly."""
+    rows = batch.shape[0]
+    micro_batch = micro_batch or rows // processes
+    if rows % (processes * micro_batch):
+        raise ValueError(f"a global batch of {rows} rows does not split into {processes} process(es) x "
+                         f"micro-batches of {micro_batch}: choose micro_batch dividing {rows // processes or rows}")
+    share = rows // processes
+    return list(batch[process * share : (process + 1) * share].split(micro_batch))
+
+
+@contextlib.contextmanager
+def _checkpointing(model, enable: bool):
+    """Gradient checkpointing on inside (if the model supports it), off again on exit."""
+    enable = enable and getattr(model, "supports_gradient_checkpointing", False)
+    # transformers 5.x renamed it "activation checkpointing"; 4.x has the old names only
+    on = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    off = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    if enable:
+        on()
+    try:
+        yield
+    finally:
+        if enable:
+            off()
+
+
 def continue_training(
     model,
     stream: Stream,
@@ -110,24 +186,56 @@ def continue_training(
     eval_steps: Sequence[int] = (),
     progress: bool = True,
     checkpoint: Checkpoint | None = None,
+    scale: ScaleConfig = ScaleConfig(),
 ) -> pd.DataFrame:
     """Train ``model`` in place on ``stream`` (same data order for every model given the same
     stream) under ``config.protocol`` (``checkpoint``: where ``model`` was loaded from, for
-    ``matched`` and ``resumed``). ``evaluate(model, step)`` runs before training (step 0), after
-    each step in ``eval_steps`` and at the end; returns the evaluations as rows, plus the
-    training loss and the learning rate of the last update. The model trains (and is evaluated,
-    before and after alike) on fp32 master weights, and stays in fp32 (``config.precision``)."""
+    ``matched`` and ``resumed``), in ``scale``'s micro-batches over every process of a launch (one
+    process without a launcher). ``evaluate(model, step)`` runs before training (step 0), after
+    each step in ``eval_steps`` and at the end, on every process with the unwrapped model
+    (data-parallel copies are identical); returns the evaluations as rows, plus the training loss
+    (the mean over processes) and the learning rate of the last update; without ``evaluate``,
+    one row per step with its ``train_loss``. The model trains (and is evaluated, before and after
+    alike) on fp32 master weights, under bf16 autocast when ``config.precision`` asks for it, and
+    stays in fp32: on its own device in one process, on the launch's device for its process."""
+    from accelerate import Accelerator
+
+    # Mixed precision is the runner's own autocast, not accelerate's process-wide setting, which
+    # cannot change between runs in one process (a notebook). Without a launcher the model stays
+    # where it is (a CPU run on a machine with a GPU stays on the CPU).
+    launched = process_state() is not None
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), device_placement=launched)
+    if launched:
+        model.to(accelerator.device)
+    device = next(model.parameters()).device
     steps = len(stream.batches)
-    autocast, opt, sched = start_training(model, config, steps, checkpoint)
+    autocast, opt, sched = start_training(model, config, steps, checkpoint)  # seed, fp32 master weights
     rows = [{"step": 0, **evaluate(model, 0)}] if evaluate else []
-    model.train()
     losses = []
-    for step in tqdm(range(1, steps + 1), desc="continued training", disable=not progress):
-        batch = stream.batches[step - 1].to(next(model.parameters()).device)
-        lr = sched.get_last_lr()[0]
-        losses.append(train_step(model, batch, opt, sched, autocast))
-        if evaluate and (step in eval_steps or step == steps):
-            rows.append({"step": step, "train_loss": sum(losses[-10:]) / len(losses[-10:]), "lr": lr,
-                         **evaluate(model, step)})
+    with _checkpointing(model, scale.gradient_checkpointing):
+        wrapped, opt = accelerator.prepare(model, opt)  # the schedule steps once per update: not prepared
+        wrapped.train()
+        for step in tqdm(range(1, steps + 1), desc="continued training", disable=not (progress and accelerator.is_main_process)):
+            parts = micro_batches(stream.batches[step - 1], accelerator.process_index, accelerator.num_processes,
+                                  scale.micro_batch)
+            lr, total = sched.get_last_lr()[0], torch.zeros((), device=device)
+            for i, part in enumerate(parts):
+                part = part.to(device)
+                last = i == len(parts) - 1  # gradients are all-reduced once, after the last micro-batch
+                with contextlib.nullcontext() if last else accelerator.no_sync(wrapped):
+                    with autocast:
+                        loss = wrapped(input_ids=part, labels=part).loss / len(parts)
+                    accelerator.backward(loss)
+                total += loss.detach()
+            accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(accelerator.reduce(total, reduction="mean")))
+            if evaluate and (step in eval_steps or step == steps):
+                rows.append({"step": step, "train_loss": sum(losses[-10:]) / len(losses[-10:]), "lr": lr,
+                             **evaluate(accelerator.unwrap_model(wrapped), step)})
+                wrapped.train()
     model.eval()
-    return pd.DataFrame(rows)
+    accelerator.free_memory()
+    return pd.DataFrame(rows) if evaluate else pd.DataFrame({"step": range(1, steps + 1), "train_loss": losses})

@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 
-from .batching import text_batches
+from .memory.batching import text_batches
 from .downstream import multiple_choice_accuracy
 from .probes import probe_table, score_probes, summarize
 from .setups import KnowledgeSetup
-from .training import eval_mode
+from .memory.modes import eval_mode
 
 
 @torch.inference_mode()

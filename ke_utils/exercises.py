@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import torch
 
-from .entropy import coefficient_means, knowledge_entropy
-from .hooks import capture_coefficients
+from .memory.entropy import coefficient_means, knowledge_entropy
+from .memory.hooks import capture_coefficients
 from .outcomes import acquisition, forgetting
 from .probes import encode_pairs, score_pairs
-from .reactivation import reactivate, up_projection_names
+from .memory.reactivation import reactivate, up_projection_names
 
 
 def _close(value, expected, rtol: float = 1e-4) -> bool:

@@ -11,14 +11,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .accelerated import ScaleConfig, continue_training_accelerated
 from .checkpoints import load_checkpoint
-from .continual import TrainConfig, continue_training, start_training
-from .entropy import coefficient_means, knowledge_entropy
+from .continual import ScaleConfig, TrainConfig, continue_training, start_training
+from .memory.entropy import coefficient_means, knowledge_entropy
 from .evaluation import evaluator
 from .outcomes import outcome, retention
 from .probes import probe_table, score_probes
-from .reactivation import kept, reactivate, restore
+from .memory.reactivation import kept, reactivate, restore
 from .setups import KnowledgeSetup
 from .stream import StreamConfig, build_stream
 from .training import train_step
@@ -26,11 +25,11 @@ from .training import train_step
 
 def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
                        train_config: TrainConfig, eval_every: int = 0, progress: bool = False,
-                       checkpoint=None, scale: ScaleConfig | None = None) -> pd.DataFrame:
+                       checkpoint=None, scale: ScaleConfig = ScaleConfig()) -> pd.DataFrame:
     """Continued training of ``model`` (in place) on the stream of ``setup``; the evaluation log
     (step 0 = before, after every ``eval_every``-th injection round if > 0, and at the end).
-    ``scale``: train under accelerate in micro-batches over the processes of a launch
-    (:func:`~ke_utils.accelerated.continue_training_accelerated`) instead of whole batches."""
+    ``scale``: micro-batches and gradient checkpointing (:func:`~ke_utils.continual.continue_training`;
+    default: whole batches)."""
     stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
     rounds = [r * stream_config.interval for r in range(eval_every, stream_config.rounds, eval_every)] if eval_every else []
     full = evaluator(tokenizer, setup)
@@ -38,9 +37,7 @@ def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: S
     def evaluate(m, step: int) -> dict:  # retention and LM loss only before and at the end
         return full(m, step, with_retention=step in (0, len(stream.batches)))
 
-    if scale is not None:
-        return continue_training_accelerated(model, stream, train_config, scale, evaluate, rounds, progress, checkpoint)
-    return continue_training(model, stream, train_config, evaluate, rounds, progress, checkpoint)
+    return continue_training(model, stream, train_config, evaluate, rounds, progress, checkpoint, scale)
 
 
 def run_stage(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
@@ -136,10 +133,10 @@ def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], ba
                             train_config=None, seeds=(0,), progress: bool = True,
                             checkpoint=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reactivate ``model`` as each variant (coefficient means measured on ``batches``, e.g.
-    :func:`~ke_utils.batching.text_batches`), measure its KE on the same batches, and continue
+    :func:`~ke_utils.memory.batching.text_batches`), measure its KE on the same batches, and continue
     training it on ``setup``'s stream (same data order for every variant of a seed). One model is
     on the device: the weights as given are kept in host memory and put back before each variant
-    is made in place (:func:`~ke_utils.reactivation.kept`), and ``model`` is left as it was given
+    is made in place (:func:`~ke_utils.memory.reactivation.kept`), and ``model`` is left as it was given
     (values, dtype, mode; ``checkpoint``: where it was loaded from, for the ``matched`` and
     ``resumed`` protocols). Acquisition and retention are relative to the *unmodified* model, so a
     modification that hurts before training is not counted as acquisition.

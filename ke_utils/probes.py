@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from .batching import pad_batch, pad_token_id
+from .memory.batching import pad_batch, pad_token_id
 from .memory.architectures import ARCHITECTURES
 from .records import PROBE_KINDS
-from .training import eval_mode
+from .memory.modes import eval_mode
 
 
 def adds_bos(tokenizer) -> bool:

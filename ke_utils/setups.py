@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -73,21 +74,35 @@ def hub_setup(records: dict[str, list[dict]], n_background: int = 20_000, n_held
                           tasks={name: load_task(name, n_items) for name in tasks}, control=records.get("control", []))
 
 
-def subject_setup(subject, records_json: str | None = None, n_paraphrase: int = 70,
+def subject_setup(subject, records_json: str | Sequence[str] | None = None, n_paraphrase: int = 70,
                   n_control: int = 0, **hub_options) -> KnowledgeSetup:
     """The setup for a :class:`~ke_utils.subjects.Subject`: the built-in world for a built-in
-    family; for a real model, new knowledge from ``records_json`` (the original study's file:
-    the first ``n_paraphrase`` records in the paraphrase regime, the last ``n_control`` as never
-    injected controls, the rest once) or, if None, the generated world's records, with background
-    text from the subject's own texts (``subject.text_source``; C4 if it has none) and downstream
-    tasks (``hub_options`` go to :func:`hub_setup`)."""
+    family (``records_json`` must then be None: the built-in model's new knowledge is its own
+    world's held-out people); for a real model, new knowledge from ``records_json`` or, if None,
+    the generated world's records, with background text from the subject's own texts
+    (``subject.text_source``; C4 if it has none) and downstream tasks (``hub_options`` go to
+    :func:`hub_setup`).
+
+    ``records_json`` is the original study's data: either its two files, ``[paraphrase_file,
+    once_file]`` (``fictional_knowledge_paraphrased_paraphrase70.json`` and the once file: the
+    study's split), or one file whose first ``n_paraphrase`` records are the paraphrase items.
+    The last ``n_control`` once records are kept as never injected controls."""
     if subject.is_builtin:
+        if records_json is not None:
+            raise ValueError(f"RECORDS_JSON={records_json!r} applies to real models only: the built-in family "
+                             "learns its own world's held-out people (set SUBJECT to a hub id, or RECORDS_JSON = None)")
         return builtin_setup(subject.family)
     if records_json is None:
         return hub_setup(knowledge_records(generate_world()), texts=subject.text_source, **hub_options)
-    records = load_records(records_json)
-    if not 0 <= n_control <= len(records) - n_paraphrase:
-        raise ValueError(f"n_control must be in [0, {len(records) - n_paraphrase}], got {n_control}")
-    rest = len(records) - n_control
-    return hub_setup({"paraphrase": records[:n_paraphrase], "once": records[n_paraphrase:rest],
-                      "control": records[rest:]}, texts=subject.text_source, **hub_options)
+    if isinstance(records_json, (str, Path)):
+        records = load_records(records_json)
+        paraphrase, once = records[:n_paraphrase], records[n_paraphrase:]
+    elif len(records_json) == 2:
+        paraphrase, once = (load_records(path) for path in records_json)
+    else:
+        raise ValueError(f"records_json: one file or [paraphrase_file, once_file], not {len(records_json)} files")
+    if not 0 <= n_control < len(once):
+        raise ValueError(f"n_control must be in [0, {len(once) - 1}] (the once records are {len(once)}), got {n_control}")
+    rest = len(once) - n_control
+    return hub_setup({"paraphrase": paraphrase, "once": once[:rest], "control": once[rest:]},
+                     texts=subject.text_source, **hub_options)

@@ -1,6 +1,5 @@
 """What pretraining and continued training share: AdamW with decay on matrices only, one
-language-model step, packing documents into fixed-length sequences, and eval mode for every
-measurement taken along the way."""
+language-model step, and packing documents into fixed-length sequences."""
 
 from __future__ import annotations
 
@@ -8,26 +7,6 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
-
-
-@contextlib.contextmanager
-def kept_modes(model: torch.nn.Module):
-    """Inside, ``model`` may switch between train and eval mode; on exit, after an exception too,
-    every submodule is back in its own mode."""
-    modes = {module: module.training for module in model.modules()}
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.train(training)
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """``model.eval()`` inside (no dropout noise in a measurement), every submodule's own mode
-    restored on exit, after an exception too."""
-    with kept_modes(model):
-        yield model.eval()
 
 
 def optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:

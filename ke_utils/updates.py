@@ -1,6 +1,6 @@
 """Where continued training writes (notebook 06): for one run, which memory neurons the updates
-went to (:class:`~ke_utils.attribution.UpdateTracker`), next to how much each neuron was used
-before, where one batch of the new facts alone would write (:func:`~ke_utils.attribution.batch_attribution`),
+went to (:class:`~ke_utils.memory.attribution.UpdateTracker`), next to how much each neuron was used
+before, where one batch of the new facts alone would write (:func:`~ke_utils.memory.attribution.batch_attribution`),
 and which neurons served the old facts that the run made the model forget.
 
 The study explains its finding 2 by use: a model whose use is concentrated on few memory neurons has
@@ -20,15 +20,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .attribution import UpdateTracker, batch_attribution, rank_agreement, top_k_jaccard, update_entropy
-from .batching import pad_batch, pad_token_id, text_batches
+from .memory.attribution import UpdateTracker, batch_attribution, rank_agreement, top_k_jaccard, update_entropy
+from .memory.batching import pad_batch, pad_token_id, text_batches
 from .checkpoints import Checkpoint, load_checkpoint
 from .continual import TrainConfig
-from .entropy import coefficient_means, knowledge_entropy
+from .memory.entropy import coefficient_means, knowledge_entropy
 from .experiments import train_and_evaluate
 from .outcomes import outcome
 from .probes import score_probes
-from .reactivation import reactivate
+from .memory.reactivation import reactivate
 from .setups import KnowledgeSetup
 from .stream import StreamConfig, wording
 from .training import encode_documents
@@ -39,7 +39,7 @@ TOP = 0.1  # "most used" / "most updated": the top 10% of a layer's neurons
 @dataclass(frozen=True)
 class UpdateRun:
     """One run to attribute: continued training of ``checkpoint`` under ``protocol``, optionally
-    after reactivating it (``lift``: ``(ratio, factor)`` of :func:`~ke_utils.reactivation.reactivate`)."""
+    after reactivating it (``lift``: ``(ratio, factor)`` of :func:`~ke_utils.memory.reactivation.reactivate`)."""
 
     label: str
     checkpoint: Checkpoint
@@ -131,7 +131,7 @@ def _facts(setup: KnowledgeSetup, keep: pd.Series) -> list[str]:
 def attribute_run(run: UpdateRun, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
                   texts: Sequence[str], device: str = "cpu",
                   lr_of: Callable[[Checkpoint], float] | None = None) -> tuple[dict, Attribution]:
-    """Train ``run`` on ``setup``'s stream with an :class:`~ke_utils.attribution.UpdateTracker`
+    """Train ``run`` on ``setup``'s stream with an :class:`~ke_utils.memory.attribution.UpdateTracker`
     active and measure what :class:`Attribution` holds. Forgotten facts are retention probes
     answered right (greedy exact match) before and wrong after; a setup with downstream tasks
     instead (a real model) has no per-fact retention, so ``usage_forgotten`` / ``usage_kept`` are

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from helpers import make_model
-from ke_utils.accelerated import ScaleConfig, continue_training_accelerated
+from ke_utils.continual import ScaleConfig, continue_training
 from ke_utils.continual import TrainConfig
 from ke_utils.stream import Stream
 
@@ -36,7 +36,6 @@ def train_tiny():
     the processes of a launch); returns the model and the loss log."""
     batches = torch.randint(1, 128, (3, 8, 16), generator=torch.Generator().manual_seed(0))
     model = make_model("llama")
-    log = continue_training_accelerated(model, Stream(batches, pd.DataFrame()),
-                                        TrainConfig(lr=3e-2, warmup=1, precision="fp32"),
-                                        ScaleConfig(micro_batch=2, gradient_checkpointing=False), progress=False)
+    log = continue_training(model, Stream(batches, pd.DataFrame()), TrainConfig(lr=3e-2, warmup=1, precision="fp32"),
+                            progress=False, scale=ScaleConfig(micro_batch=2))
     return model, log

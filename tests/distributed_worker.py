@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_cases import cli_args, train_tiny  # noqa: E402
-from ke_utils.distributed import finish, process_state  # noqa: E402
-from ke_utils.measure import main  # noqa: E402
+from ke_utils.memory.distributed import finish, process_state  # noqa: E402
+from ke_utils.commands.measure import main  # noqa: E402
 
 folder = Path(sys.argv[1])
 printed = {w: main(cli_args(folder, w, f"two-{w}.safetensors")) for w in ("token", "document")}

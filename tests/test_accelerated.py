@@ -1,5 +1,6 @@
-"""Continued training under accelerate: micro-batches and gradient checkpointing give the update
-of one large batch, the plain runner's result, and the study's recipe has the study's shape."""
+"""Continued training's one loop at scale: micro-batches and gradient checkpointing give the update
+of one large batch, the whole batch gives the plain language-model step's result bit for bit, and
+the study's recipe has the study's shape."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torch
 from accelerate import Accelerator
 
 from helpers import make_model
-from ke_utils.accelerated import STUDY_RECIPE, ScaleConfig, continue_training_accelerated, micro_batches
-from ke_utils.continual import TrainConfig, continue_training
+from ke_utils.continual import STUDY_RECIPE, ScaleConfig, TrainConfig, continue_training, micro_batches, start_training
 from ke_utils.stream import Stream
+from ke_utils.training import train_step
 
 CONFIG = TrainConfig(lr=3e-2, warmup=1, precision="fp32")  # large steps: a wrong gradient shows
 
@@ -26,7 +27,7 @@ def stream() -> Stream:
 
 def _trained(stream, scale: ScaleConfig, model=None, config=CONFIG) -> dict[str, torch.Tensor]:
     model = make_model("llama") if model is None else model  # no dropout: micro-batches draw no noise
-    continue_training_accelerated(model, stream, config, scale, progress=False)
+    continue_training(model, stream, config, progress=False, scale=scale)
     return model.state_dict()
 
 
@@ -57,10 +58,17 @@ def test_gradient_accumulation_gives_the_update_of_one_large_batch(stream, monke
     _assert_same_weights(accumulated, whole)
 
 
-def test_the_accelerated_runner_equals_the_plain_one(stream):
+def test_the_whole_batch_is_the_plain_step_bit_for_bit(stream):
+    """The loop with its default scale (one process, the whole batch at once) gives exactly what
+    the plain language-model step does (``training.train_step``, as pretraining uses it)."""
     plain = make_model("llama")
-    continue_training(plain, stream, CONFIG, progress=False)
-    _assert_same_weights(_trained(stream, ScaleConfig(micro_batch=8, gradient_checkpointing=False)), plain.state_dict())
+    autocast, opt, sched = start_training(plain, CONFIG, len(stream.batches))
+    plain.train()
+    for batch in stream.batches:
+        train_step(plain, batch, opt, sched, autocast)
+    for scale in (ScaleConfig(), ScaleConfig(micro_batch=8)):
+        trained = _trained(stream, scale)
+        assert all(torch.equal(trained[k], v) for k, v in plain.state_dict().items())
 
 
 def test_gradient_checkpointing_changes_memory_not_the_update(stream):
@@ -72,8 +80,8 @@ def test_gradient_checkpointing_changes_memory_not_the_update(stream):
 
 def test_a_bf16_model_trains_on_fp32_master_weights_under_autocast(stream):
     config = TrainConfig(lr=3e-2, warmup=1, precision="auto")
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the accelerated runner trains
-    plain, accelerated = make_model("llama").bfloat16().to(device), make_model("llama").bfloat16()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # one process: the runner trains where the model is
+    plain, accelerated = make_model("llama").bfloat16().to(device), make_model("llama").bfloat16().to(device)
     continue_training(plain, stream, config, progress=False)
     _trained(stream, ScaleConfig(micro_batch=8, gradient_checkpointing=False), accelerated, config)
     assert all(p.dtype == torch.float32 for p in accelerated.parameters())
@@ -104,7 +112,7 @@ def test_train_command_line_runs_a_small_recipe(tmp_path, capsys):
     import transformers as tf
 
     from helpers import sentencepiece_tokenizer
-    from ke_utils.train import main
+    from ke_utils.commands.train import main
     from ke_utils.world import WorldConfig, generate_world, generic_documents, knowledge_records
 
     world = generate_world(WorldConfig(n_people=8, n_paraphrase_people=2, n_once_people=2, n_control_people=0))

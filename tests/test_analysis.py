@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ke_utils import plots, report
-from ke_utils.entropy import knowledge_entropy
+from ke_utils.memory.entropy import knowledge_entropy
 
 
 def test_finding_reports_and_asserts(capsys):

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from helpers import SMALL, make_model, sentencepiece_tokenizer
-from ke_utils import attribution, coefficient_means, entropy, hooks, knowledge_entropy, probes, reactivation
-from ke_utils.attribution import UpdateTracker, batch_attribution
-from ke_utils.hooks import capture_coefficients, find_coefficient_modules
+from ke_utils import coefficient_means, knowledge_entropy, probes
+from ke_utils.memory import attribution, entropy, hooks, reactivation
+from ke_utils.memory.attribution import UpdateTracker, batch_attribution
+from ke_utils.memory.hooks import capture_coefficients, find_coefficient_modules
 from ke_utils.memory.architectures import ARCHITECTURES, architecture
-from ke_utils.reactivation import reactivate
+from ke_utils.memory.reactivation import reactivate
 
 D_FF, N_LAYERS = 64, 2
 _LLAMA = ("model.layers.{l}.mlp.down_proj", ("model.layers.{l}.mlp.up_proj", 0), ("model.layers.{l}.mlp.gate_proj", 0))

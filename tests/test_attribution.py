@@ -1,4 +1,4 @@
-"""Where do the updates go (ke_utils.attribution, issue 14): the per-neuron gradient and change
+"""Where do the updates go (ke_utils.memory.attribution, issue 14): the per-neuron gradient and change
 norms equal autograd computed by hand with explicit row/column indexing per layout, the tracker's
 memory does not grow with steps, its hooks leave no trace, and the measures by hand."""
 
@@ -11,7 +11,7 @@ import torch
 import transformers as tf
 from helpers import SMALL, make_model
 
-from ke_utils.attribution import (
+from ke_utils.memory.attribution import (
     BatchAttribution,
     UpdateTracker,
     batch_attribution,
@@ -21,7 +21,7 @@ from ke_utils.attribution import (
     top_k_jaccard,
     update_entropy,
 )
-from ke_utils.entropy import knowledge_entropy
+from ke_utils.memory.entropy import knowledge_entropy
 
 D_FF, N_LAYERS = 64, 2
 

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from helpers import MINI, no_module_copies
 from ke_utils import confound
-from ke_utils.batching import text_batches
+from ke_utils.memory.batching import text_batches
 from ke_utils.checkpoint_sweep import sweep
 from ke_utils.checkpoints import Checkpoint, load_checkpoint
 from ke_utils.confound import key_numbers as confound_key_numbers
@@ -24,10 +24,10 @@ from ke_utils.confound import (causal_test, confound_experiment, cosine_lr, matc
                                own_lr, protocol_experiment,
                                stage_differences, variance_explained)
 from ke_utils.continual import TrainConfig
-from ke_utils.entropy import coefficient_means, knowledge_entropy
+from ke_utils.memory.entropy import coefficient_means, knowledge_entropy
 from ke_utils.evaluation import evaluator
 from ke_utils.pretrain import builtin_family, builtin_texts
-from ke_utils.reactivation import reactivate, restore, snapshot
+from ke_utils.memory.reactivation import reactivate, restore, snapshot
 from ke_utils.setups import builtin_setup
 from ke_utils.stream import StreamConfig
 from ke_utils.subjects import Subject

@@ -19,9 +19,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distributed_cases import DOCUMENTS, cli_args, train_tiny
 from helpers import make_model, sentencepiece_tokenizer
-from ke_utils.batching import text_batches
-from ke_utils.entropy import coefficient_means
-from ke_utils.measure import main
+from ke_utils.memory.batching import text_batches
+from ke_utils.memory.entropy import coefficient_means
+from ke_utils.commands.measure import main
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 

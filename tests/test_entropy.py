@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import ke_utils
 from ke_utils import coefficient_means, knowledge_entropy, length_bucketed_batches, pad_batch
-from ke_utils.hooks import find_coefficient_modules
+from ke_utils.memory.hooks import find_coefficient_modules
 from helpers import FAMILIES, make_model
 
 DOCS = [[5, 9, 17, 33, 8, 21, 40], [7, 3 + 8, 12], [44, 45, 46, 47, 48], [60], [70, 71, 72, 73, 74, 75, 76, 77, 78]]
@@ -112,7 +112,7 @@ def test_original_mode_equals_original_formula(family):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)
     p = ref / ref.sum(-1, keepdim=True)
     original_ke = float((-(p * torch.log(p + 1e-9)).sum(-1)).sum())
-    assert knowledge_entropy(ours, log_eps=1e-9).total == pytest.approx(original_ke, rel=1e-6)
+    assert knowledge_entropy(ours, "original").total == pytest.approx(original_ke, rel=1e-6)
     # Padding changes the value: the mode is not the clean default under another name.
     assert not torch.allclose(ours / ours.sum(-1, keepdim=True), coefficient_means(model, batches) / coefficient_means(model, batches).sum(-1, keepdim=True))
 
@@ -285,3 +285,18 @@ def test_dropout_is_off_while_measuring_and_the_mode_is_restored():
         coefficient_means(model, [{"input_ids": torch.ones(1, 3, dtype=torch.long),
                                    "attention_mask": torch.zeros(1, 3, dtype=torch.long)}])
     assert model.training and not model.transformer.h[0].training  # restored after an error too
+
+
+def test_the_weighting_decides_padding_and_epsilon_in_one_place():
+    """``measurement_batches`` pads by the weighting (fixed length only for "original"), and
+    ``knowledge_entropy`` takes its epsilon from it; an unknown weighting is an error."""
+    from ke_utils.memory.batching import measurement_batches
+
+    widths = {w: {b["input_ids"].shape[1] for b in measurement_batches(DOCS, 0, w, max_tokens_per_doc=12)}
+              for w in ("token", "original")}
+    assert widths["original"] == {12} and max(widths["token"]) == max(len(d) for d in DOCS)
+    means = torch.tensor([[0.0, 1.0, 3.0], [2.0, 2.0, 0.0]])
+    assert knowledge_entropy(means).total != knowledge_entropy(means, "original").total
+    assert knowledge_entropy(means, "document").total == knowledge_entropy(means).total
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        knowledge_entropy(means, "tokens")

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from ke_utils.entropy import coefficient_means, knowledge_entropy
+from ke_utils.memory.entropy import coefficient_means, knowledge_entropy
 from ke_utils.exercises import (check_acquisition, check_coefficient_means, check_forgetting, check_knowledge_entropy,
                                 check_probe_score, check_reactivation)
-from ke_utils.reactivation import reactivate
+from ke_utils.memory.reactivation import reactivate
 
 
 def entropy_right(means):
@@ -150,13 +150,13 @@ def test_probe_score_check(wrong, message, capsys):
 
 
 def test_student_copies_are_in_sync_and_stubbed():
-    """notebooks/exercises/ is what python -m ke_utils.exercise_notebooks makes of the main notebooks,
+    """notebooks/exercises/ is what ke-exercises makes of the main notebooks,
     and there every solution is replaced by a NotImplementedError that carries the hint."""
     import nbformat
 
-    from ke_utils.exercise_notebooks import NOTEBOOKS, build
+    from ke_utils.commands.exercise_notebooks import NOTEBOOKS, build
 
-    assert build(check=True) == [], "run python -m ke_utils.exercise_notebooks"
+    assert build(check=True) == [], "run ke-exercises"
     copies = sorted((NOTEBOOKS / "exercises").glob("*.ipynb"))
     assert [p.name for p in copies] == ["01_what_is_knowledge_entropy.ipynb", "03_acquisition_and_retention.ipynb",
                                         "04_reactivation.ipynb"]
@@ -167,7 +167,7 @@ def test_student_copies_are_in_sync_and_stubbed():
 
 
 def test_stub_solution():
-    from ke_utils.exercise_notebooks import stub_solution
+    from ke_utils.commands.exercise_notebooks import stub_solution
 
     source = "def f(x):\n    ### BEGIN SOLUTION\n    ### HINT: double it\n    return 2 * x\n    ### END SOLUTION\n\ncheck(f)"
     stubbed = stub_solution(source)

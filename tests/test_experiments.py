@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from helpers import MINI, no_module_copies
 from ke_utils import experiments
-from ke_utils.batching import text_batches
+from ke_utils.memory.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
 from ke_utils.continual import TrainConfig
 from ke_utils.evaluation import evaluator

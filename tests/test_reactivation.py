@@ -8,8 +8,8 @@ import torch
 
 from helpers import make_model
 from ke_utils import coefficient_means, knowledge_entropy
-from ke_utils.hooks import capture_coefficients
-from ke_utils.reactivation import kept, measure_reactivation, reactivate, restore, snapshot, up_projection_names
+from ke_utils.memory.hooks import capture_coefficients
+from ke_utils.memory.reactivation import kept, measure_reactivation, reactivate, restore, snapshot, up_projection_names
 
 GATED = ["llama", "olmo", "olmo2", "mistral", "qwen2", "gemma"]
 NON_GATED = ["gpt_neox", "gpt2", "opt", "phi"]

@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from helpers import sentencepiece_tokenizer
 from ke_utils.downstream import BUNDLED, STUDY_TASKS
-from ke_utils.run_notebooks import run
+from ke_utils.commands.run_notebooks import run
 from ke_utils.training import pack
 from ke_utils.stream import wording
 from ke_utils.world import generate_world, generic_documents, knowledge_records

@@ -10,8 +10,8 @@ import shutil
 import nbformat
 import pytest
 
-from ke_utils import run_notebooks
-from ke_utils.run_notebooks import inject_parameters, parse_parameter, run
+from ke_utils.commands import run_notebooks
+from ke_utils.commands.run_notebooks import inject_parameters, parse_parameter, run
 
 
 def notebook(tagged: bool = True):

@@ -94,3 +94,29 @@ def test_a_pretraining_seed_picks_the_seeded_builtin_family(monkeypatch):
     for subject in ("allenai/OLMo-1B-hf", "builtin:decayed-seed1"):
         with pytest.raises(ValueError, match="PRETRAIN_SEED=1 applies to a built-in subject"):
             load_subject(subject, pretrain_seed=1)
+
+
+def test_records_json_in_the_study_split_and_never_ignored(tmp_path, monkeypatch):
+    """The study's data comes as two files (paraphrase, once); one file is split at n_paraphrase.
+    On the built-in subject RECORDS_JSON is an error, not silently ignored."""
+    import json
+
+    from ke_utils.world import WorldConfig, generate_world, knowledge_records
+
+    records = knowledge_records(generate_world(WorldConfig(n_people=4, n_paraphrase_people=3, n_once_people=5,
+                                                           n_control_people=0)))
+    (tmp_path / "paraphrase.json").write_text(json.dumps(records["paraphrase"]))
+    (tmp_path / "once.json").write_text(json.dumps(records["once"]))
+    (tmp_path / "all.json").write_text(json.dumps(records["paraphrase"] + records["once"]))
+    given = []
+    monkeypatch.setattr(setups, "hub_setup", lambda split, **options: given.append(split))
+    hub = subjects.Subject("a/model", [], [], text_source=None)
+    subject_setup(hub, [str(tmp_path / "paraphrase.json"), str(tmp_path / "once.json")], n_control=2)
+    subject_setup(hub, str(tmp_path / "all.json"), n_paraphrase=3, n_control=2)
+    for split in given:
+        assert split["paraphrase"] == records["paraphrase"]
+        assert split["once"] == records["once"][:3] and split["control"] == records["once"][3:]
+    with pytest.raises(ValueError, match="one file or"):
+        subject_setup(hub, [str(tmp_path / "once.json")] * 3)
+    with pytest.raises(ValueError, match="RECORDS_JSON.*real models only"):
+        subject_setup(subjects.Subject("builtin", [], [], family="overtrained"), str(tmp_path / "all.json"))

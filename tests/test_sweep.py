@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import ke_utils
 from ke_utils import coefficient_means
 from ke_utils import checkpoint_sweep as sweep_module
-from ke_utils.batching import length_bucketed_batches, tokenize_documents
+from ke_utils.memory.batching import length_bucketed_batches, tokenize_documents
 from ke_utils.checkpoints import hub_checkpoints, load_checkpoint, local_checkpoints
 from ke_utils.checkpoint_sweep import sweep
 

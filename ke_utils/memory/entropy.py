@@ -15,14 +15,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batching import iter_texts, length_bucketed_batches, pad_token_id, tokenize_documents
+from .architectures import ARCHITECTURES
+from .batching import iter_texts, measurement_batches, pad_token_id, tokenize_documents
 from .distributed import gather_counts, shard, sum_over_processes
 from .hooks import CoefficientAccumulator
-from .memory.architectures import ARCHITECTURES
-from .training import eval_mode
+from .modes import eval_mode
 
 WEIGHTINGS = ("token", "document", "original")
-# The original study's entropy: log(p + 1e-9).
+# The original study's entropy: log(p + 1e-9); knowledge_entropy uses it for weighting="original"
 ORIGINAL_LOG_EPS = 1e-9
 
 
@@ -54,11 +54,14 @@ class KnowledgeEntropy:
         )
 
 
-def knowledge_entropy(means: torch.Tensor, log_eps: float = 0.0) -> KnowledgeEntropy:
-    """Knowledge entropy from coefficient means ``[n_layers, d_ff]`` (any non-negative scale).
-
-    ``log_eps`` adds a constant inside the log (the original code used 1e-9); 0 is exact.
+def knowledge_entropy(means: torch.Tensor, weighting: str = "token") -> KnowledgeEntropy:
+    """Knowledge entropy from coefficient means ``[n_layers, d_ff]`` (any non-negative scale),
+    measured with ``weighting`` (:func:`coefficient_means`): exact ``-sum p log p``, or for
+    ``"original"`` the original code's ``-sum p log(p + 1e-9)``.
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {weighting!r}")
+    log_eps = ORIGINAL_LOG_EPS if weighting == "original" else 0.0
     means = torch.as_tensor(means)
     if means.ndim != 2 or means.shape[1] < 2:
         raise ValueError(f"means must have shape [n_layers, d_ff >= 2], got {tuple(means.shape)}")
@@ -207,7 +210,7 @@ def measure_means(
     """Coefficient means ``[n_layers, d_ff]`` of ``model`` on ``texts`` and how many documents
     each process measured (``[n_documents]`` in a single process).
 
-    Under ``torchrun`` / ``accelerate launch`` (:mod:`ke_utils.distributed`) each process measures
+    Under ``torchrun`` / ``accelerate launch`` (:mod:`ke_utils.memory.distributed`) each process measures
     its contiguous share of the documents and the float64 sums and counts are added up once at the
     end: every process returns the means of all documents, equal to a single-process run.
     """
@@ -215,13 +218,8 @@ def measure_means(
     if not docs:
         raise ValueError("no documents to measure (empty input, or every document was empty)")
     local = shard(docs)
-    batches = length_bucketed_batches(
-        local,
-        pad_token_id(tokenizer),
-        max_batch_tokens=max_batch_tokens,
-        padding_side="right",
-        pad_to=max_tokens_per_doc if weighting == "original" else None,
-    ) if local else []
+    batches = measurement_batches(local, pad_token_id(tokenizer), weighting, max_tokens_per_doc,
+                                  max_batch_tokens) if local else []
     sums, denominator = sum_over_processes(*coefficient_sums(model, batches, weighting, module_names, progress))
     if denominator == 0:
         raise ValueError("no real tokens: the input is empty or every position is padding")
@@ -239,4 +237,4 @@ def measure_knowledge_entropy(model: nn.Module, tokenizer, texts, **options) -> 
     launcher the documents are split over the processes (:func:`measure_means`).
     """
     means, _ = measure_means(model, tokenizer, texts, **options)
-    return knowledge_entropy(means, log_eps=ORIGINAL_LOG_EPS if options.get("weighting") == "original" else 0.0)
+    return knowledge_entropy(means, options.get("weighting", "token"))

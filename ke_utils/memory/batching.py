@@ -113,7 +113,18 @@ def pad_token_id(tokenizer) -> int:
     raise ValueError("tokenizer has neither a pad token nor an end-of-text token; set tokenizer.pad_token")
 
 
+def measurement_batches(docs: Sequence[Sequence[int]], pad_id: int, weighting: str = "token",
+                        max_tokens_per_doc: int = 512, max_batch_tokens: int = 8192) -> list[dict[str, torch.Tensor]]:
+    """Token-id documents in length-bucketed, right-padded batches for a measurement with
+    ``weighting`` (see :func:`~ke_utils.memory.entropy.coefficient_means`): each batch padded to its
+    longest document, or, for ``"original"``, every document padded to ``max_tokens_per_doc`` (the
+    original study's layout, which that weighting counts). The one place that decides it."""
+    return length_bucketed_batches(docs, pad_id, max_batch_tokens=max_batch_tokens, padding_side="right",
+                                   pad_to=max_tokens_per_doc if weighting == "original" else None)
+
+
 def text_batches(tokenizer, texts, max_tokens_per_doc: int = 512, max_batch_tokens: int = 8192) -> list[dict]:
     """``texts`` tokenised and length-bucketed into padded batches, ready for :func:`coefficient_means`."""
     docs = list(tokenize_documents(tokenizer, iter_texts(texts), max_tokens_per_doc))
-    return length_bucketed_batches(docs, pad_token_id(tokenizer), max_batch_tokens=max_batch_tokens)
+    return measurement_batches(docs, pad_token_id(tokenizer), max_tokens_per_doc=max_tokens_per_doc,
+                               max_batch_tokens=max_batch_tokens)

@@ -32,10 +32,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .architectures import Projection, architecture
 from .entropy import coefficient_means, knowledge_entropy
 from .hooks import find_coefficient_modules
-from .memory.architectures import Projection, architecture
-from .training import kept_modes
+from .modes import kept_modes
 
 SELECTIONS = ("least", "random", "most")
 LARGE_FACTOR = 100.0  # factors above this are reported in the notes: they can distort later layers

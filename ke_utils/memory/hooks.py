@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .memory.architectures import ARCHITECTURES
+from .architectures import ARCHITECTURES
 
 # model_type -> regex over module names (prefix-free: matched at a dot boundary) whose
 # single group is the layer index. The module's *input* is the coefficient c. A view of the

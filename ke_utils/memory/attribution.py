@@ -9,7 +9,7 @@ Memory neuron j of layer l (docs/method.md section 2) has
   (Phi-3's ``gate_up_proj``, ``[2 d_ff, d_model]``) row j of each half
   (:mod:`ke_utils.memory.architectures` says which half is which);
 - a VALUE: the weights that write ``c_j`` back to the residual stream: column j of the down
-  projection (the coefficient module of :func:`ke_utils.hooks.find_coefficient_modules`), ROW j
+  projection (the coefficient module of :func:`ke_utils.memory.hooks.find_coefficient_modules`), ROW j
   of a ``Conv1D`` ``c_proj`` (``[d_ff, d_model]``). Its bias is shared by all neurons: excluded.
 
 :class:`UpdateTracker` accumulates, during training, the squared gradient norm of every key and
@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .architectures import ARCHITECTURES, Projection
 from .entropy import KnowledgeEntropy, _forward_kwargs, knowledge_entropy
 from .hooks import _in_features, find_coefficient_modules
-from .memory.architectures import ARCHITECTURES, Projection
+from .modes import eval_mode
 from .reactivation import up_projections
-from .training import eval_mode
 
 
 # ----------------------------------------------------------------------------- which parameters
@@ -85,7 +85,7 @@ def memory_parameters(
     """Key and value parameters of every layer's memory neurons, in layer order.
 
     module_names: the coefficient (down/output projection) modules, as for
-    :func:`~ke_utils.hooks.find_coefficient_modules`. ``up_names`` / ``gate_names`` override the
+    :func:`~ke_utils.memory.hooks.find_coefficient_modules`. ``up_names`` / ``gate_names`` override the
     up and gate projections (one per layer, whole modules; ``gate_names=[]`` for "no gate") for an
     architecture that the table :mod:`ke_utils.memory.architectures` does not know.
     Raises ValueError for an unknown architecture or modules whose widths do not match ``d_ff``.
@@ -423,6 +423,6 @@ def rank_agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def update_entropy(mass: torch.Tensor) -> KnowledgeEntropy:
     """How evenly a per-neuron mass (``[n_layers, d_ff]``, non-negative, e.g. ``key_change`` or
-    ``value_grad``) is spread: :func:`~ke_utils.entropy.knowledge_entropy` of it, the same
+    ``value_grad``) is spread: :func:`~ke_utils.memory.entropy.knowledge_entropy` of it, the same
     per-layer entropies (nats), total and ``normalized = total / (n_layers ln d_ff)``."""
     return knowledge_entropy(mass)

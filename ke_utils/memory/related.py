@@ -19,7 +19,7 @@ from .entropy import _forward_kwargs
 class RelatedMeasures:
     """Running sums of both measures; call the instance on each batch (it runs the model).
 
-    ``weighting`` must be the one :func:`~ke_utils.entropy.coefficient_means` uses in the same pass,
+    ``weighting`` must be the one :func:`~ke_utils.memory.entropy.coefficient_means` uses in the same pass,
     so that the pass it runs for both is the one that weighting defines (``"original"``: without
     the attention mask). Both measures average over real tokens whatever the weighting."""
 

@@ -1,0 +1,81 @@
+"""The package's layers, checked on its import graph, and its command lines.
+
+``ke_utils/memory/`` is the measurement core that works on any transformers model: it imports
+nothing else from ``ke_utils``. ``ke_utils/commands/`` holds the command lines: no library module
+imports them (only the thin ``python -m ke_utils.<old name>`` forwards do).
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ke_utils"
+COMMANDS = {"ke-measure": "measure", "ke-train": "train", "ke-notebooks": "run_notebooks",
+            "ke-exercises": "exercise_notebooks"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """The ``ke_utils`` modules ``path`` imports, as absolute dotted names (``from . import x`` counts
+    as ``package.x``)."""
+    name, found = module_name(path), set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "ke_utils"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base.split(".")[0] != "ke_utils":
+                continue
+            found |= {f"{base}.{a.name}" if not node.module else base for a in node.names}
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_the_import_graph_is_read_right():
+    edges = graph()
+    assert "ke_utils.memory.architectures" in edges
+    assert "ke_utils.checkpoints" in edges["ke_utils.commands.measure"]  # from ..checkpoints import ...
+    assert "ke_utils.commands.measure" in edges["ke_utils.measure"]  # the forward
+
+
+def test_memory_imports_nothing_from_the_rest_of_the_package():
+    outside = {(m, i) for m, deps in graph().items() if m.startswith("ke_utils.memory")
+               for i in deps if not i.startswith("ke_utils.memory")}
+    assert not outside, f"ke_utils/memory/ must work on its own: {sorted(outside)}"
+
+
+def test_no_library_module_imports_the_command_lines():
+    forwards = {f"ke_utils.{module}" for module in COMMANDS.values()}
+    upward = {(m, i) for m, deps in graph().items() if not m.startswith("ke_utils.commands") and m not in forwards
+              for i in deps if i.startswith("ke_utils.commands")}
+    assert not upward, f"the library imports a command line: {sorted(upward)}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_line_answers_help_both_ways(command):
+    """The console script (installed by ``pip install -e .``) and the old ``python -m`` path."""
+    old = subprocess.run([sys.executable, "-m", f"ke_utils.{COMMANDS[command]}", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert old.returncode == 0 and old.stdout.startswith(f"usage: {command}"), old.stderr[-2000:]
+    script = shutil.which(command)
+    if script is None:
+        pytest.skip(f"{command} is not on PATH: the package was not installed with pip (pip install -e .)")
+    new = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert new.returncode == 0 and new.stdout == old.stdout, new.stderr[-2000:]
