@@ -72,7 +72,7 @@ def test_save_figure_is_a_no_op_outside_the_main_job(monkeypatch, tmp_path):
 def test_coefficient_explorer_draws_and_redraws_on_any_backend(monkeypatch):
     """Every widget change displays a figure of the first checkpoint next to the chosen one, in
     the chosen layer: sorted shares p = a / sum(a) of means whose shares are known by hand."""
-    from ke_utils.widgets import coefficient_explorer
+    from ke_utils.plots import coefficient_explorer
 
     means = {0: [[1, 1, 1, 1], [1, 1, 1, 1]], 10: [[1, 1, 2, 4], [1, 3, 3, 3]], 20: [[5, 1, 1, 1], [1, 1, 1, 5]]}
     frame = pd.DataFrame({"step": list(means), "means": [torch.tensor(m, dtype=torch.float64) for m in means.values()]})
