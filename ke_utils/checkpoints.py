@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -340,6 +341,37 @@ def iter_models(checkpoints: Iterable[Checkpoint], **load_kwargs) -> Iterator[tu
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+def trainer_state(checkpoint: Checkpoint) -> dict:
+    """A checkpoint's ``trainer_state.json``, as transformers' Trainer and the built-in families
+    keep it next to the weights: ``global_step`` and ``learning_rate`` (the pretraining LR at that
+    step; for the built-in families, :func:`~ke_utils.pretrain.pretraining_lr`)."""
+    path = Path(checkpoint.path) / "trainer_state.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{checkpoint.name} has no trainer_state.json: its training state was not kept "
+                                "(a built-in family built before version 2, or a hub checkpoint)")
+    return json.loads(path.read_text())
+
+
+def has_training_state(checkpoint: Checkpoint) -> bool:
+    """Whether a checkpoint is a local folder that kept its optimizer state (``optimizer.pt``)."""
+    return checkpoint.revision is None and (Path(checkpoint.path) / "optimizer.pt").exists()
+
+
+def load_training_state(checkpoint: Checkpoint, opt, sched=None, gen: torch.Generator | None = None) -> None:
+    """Load a checkpoint's saved AdamW state (``optimizer.pt``) into ``opt`` (built for the same
+    model with :func:`~ke_utils.training.optimizer`), and optionally its scheduler
+    (``scheduler.pt``) and a built-in family's data-order generator (``rng_state.pth``); every file
+    read with ``weights_only=True``."""
+    folder = Path(checkpoint.path)
+    if not has_training_state(checkpoint):
+        raise FileNotFoundError(f"{checkpoint.name} has no optimizer.pt: its optimizer state was not kept")
+    opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    if sched is not None:
+        sched.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    if gen is not None:
+        gen.set_state(torch.load(folder / "rng_state.pth", weights_only=True)["data_order"])
 
 
 WEIGHT_FILES = (".safetensors", ".bin")

@@ -1,6 +1,7 @@
 """Continued training of a checkpoint on a stream (:mod:`ke_utils.stream`) under one of three
-learning-rate protocols (the study's, and two that remove its confound), with evaluations along
-the way: one loop, from one process on one CPU to data parallel over the processes of a launch
+learning-rate protocols (the study's, and two that remove its confound; everything a protocol
+needs and decides is here: its peak LR, its optimizer state, whether a checkpoint can run it), with
+evaluations along the way (:func:`train_and_evaluate`, the run every experiment repeats): one loop, from one process on one CPU to data parallel over the processes of a launch
 (``accelerate launch`` / ``torchrun``), with gradient accumulation, gradient checkpointing and bf16
 autocast on fp32 master weights; :data:`STUDY_RECIPE` is the study's setup (README, "Scaling up";
 an FSDP configuration for 7B models is in ``docs/accelerate/``).
@@ -21,14 +22,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import get_constant_schedule, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import AutoTokenizer, get_constant_schedule
 
-from .checkpoints import Checkpoint
+from . import study
+from .checkpoints import Checkpoint, has_training_state, load_checkpoint, load_training_state, trainer_state
+from .evaluation import evaluator
 from .memory.distributed import process_state
-from .pretrain import checkpoint_state, load_training_state
-from .stream import Stream, StreamConfig
-from .study import CONTINUED_PEAK_LR
-from .training import optimizer
+from .setups import KnowledgeSetup
+from .stream import Stream, StreamConfig, build_stream
+from .training import lr_schedule, optimizer
 
 
 PROTOCOLS = ("study", "matched", "resumed")
@@ -45,7 +47,7 @@ class TrainConfig:
     - ``"resumed"``: the checkpoint's own AdamW state (moments and hyperparameters, its weight
       decay included) continued at its own pretraining learning rate, constant, no warmup.
     ``weight_decay`` and ``betas`` apply to the fresh optimizers only. ``own_lr``: the checkpoint's
-    pretraining learning rate; None reads the one a built-in checkpoint recorded.
+    pretraining learning rate; None reads the one the checkpoint recorded (:func:`recorded_lr`).
 
     ``precision``: training always updates fp32 master weights (a model loaded in bf16 or fp16 is
     cast to fp32 first: AdamW on half-precision weights loses updates below their resolution, and
@@ -81,27 +83,74 @@ def master_weights(model, precision: str = "auto") -> contextlib.AbstractContext
     return torch.autocast(param.device.type, dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
 
 
+def recorded_lr(checkpoint: Checkpoint) -> float:
+    """The pretraining learning rate a checkpoint recorded with its weights (``trainer_state.json``;
+    every built-in checkpoint has it)."""
+    return float(trainer_state(checkpoint)["learning_rate"])
+
+
+def pretraining_lr_of(subject: str, given: float | Callable[[Checkpoint], float] | None = None
+                      ) -> Callable[[Checkpoint], float]:
+    """How to know a checkpoint's pretraining learning rate: ``given`` (a function of the
+    checkpoint, or one number for every checkpoint, e.g. a constant-LR run), else what a built-in
+    checkpoint recorded (:func:`recorded_lr`), or OLMo-1B's schedule for its hub repositories; for
+    any other subject ``given`` is needed (ValueError)."""
+    if callable(given):
+        return given
+    if given is not None:
+        return lambda checkpoint: float(given)
+    if subject.startswith("builtin"):
+        return recorded_lr
+    if subject in (study.OLMO_1B_REPO, study.OLMO_1B_HF_REPO):
+        return lambda checkpoint: study.olmo_1b_lr(checkpoint.step)
+    raise ValueError(f"the pretraining learning rate of {subject!r} is unknown: set LR_OF, e.g. "
+                     "lambda c: ke_utils.training.lr_at(c.step, peak, warmup, total)")
+
+
+def own_lr(config: TrainConfig, checkpoint: Checkpoint | None) -> float:
+    """The checkpoint's pretraining learning rate for ``config``: ``config.own_lr``, else the one
+    ``checkpoint`` recorded."""
+    if config.own_lr is not None:
+        return config.own_lr
+    if checkpoint is None:
+        raise ValueError(f"protocol {config.protocol!r} needs the checkpoint the model was loaded from")
+    return recorded_lr(checkpoint)
+
+
+def peak_lr(config: TrainConfig, pretraining_lr: float) -> float:
+    """The highest learning rate of continued training under ``config.protocol``: the study's one
+    peak for every checkpoint, else the checkpoint's own ``pretraining_lr``."""
+    return config.lr if config.protocol == "study" else pretraining_lr
+
+
+def cannot_run(protocol: str, checkpoint: Checkpoint) -> str | None:
+    """Why ``checkpoint`` cannot be trained under ``protocol`` (None: it can): ``resumed`` needs
+    the optimizer state saved with the checkpoint."""
+    if protocol == "resumed" and not has_training_state(checkpoint):
+        return f"protocol 'resumed' skipped for {checkpoint.name}: no optimizer state saved with the checkpoint"
+    return None
+
+
 def optimizer_and_schedule(model, config: TrainConfig, steps: int, checkpoint: Checkpoint | None = None):
     """``(AdamW, scheduler)`` for ``steps`` updates of ``model`` under ``config.protocol``;
-    ``matched`` and ``resumed`` read the pretraining learning rate (and for ``resumed`` the AdamW
-    state) that a built-in ``checkpoint`` keeps next to its weights."""
+    ``matched`` and ``resumed`` read the pretraining learning rate (:func:`own_lr`), ``resumed``
+    also the AdamW state saved with ``checkpoint``."""
     if config.protocol == "study":
         opt = optimizer(model, config.lr, config.weight_decay, config.betas)
-        return opt, get_cosine_with_min_lr_schedule_with_warmup(opt, config.warmup, steps,
-                                                                min_lr_rate=config.min_lr_ratio)
-    if checkpoint is None and (config.protocol == "resumed" or config.own_lr is None):
-        raise ValueError(f"protocol {config.protocol!r} needs the checkpoint the model was loaded from")
-    own_lr = config.own_lr if config.own_lr is not None else checkpoint_state(checkpoint)["learning_rate"]
-    if not own_lr > 0:
-        raise ValueError(f"{checkpoint.name} was saved at learning rate {own_lr}: nothing to match or resume")
+        return opt, lr_schedule(opt, config.warmup, steps, "cosine", config.min_lr_ratio)
+    if config.protocol == "resumed" and checkpoint is None:
+        raise ValueError("protocol 'resumed' needs the checkpoint the model was loaded from")
+    lr = own_lr(config, checkpoint)
+    if not lr > 0:
+        raise ValueError(f"{checkpoint.name if checkpoint else 'the checkpoint'} was saved at learning rate {lr}: "
+                         "nothing to match or resume")
     if config.protocol == "matched":
-        opt = optimizer(model, own_lr, config.weight_decay, config.betas)
-        return opt, get_cosine_with_min_lr_schedule_with_warmup(opt, config.warmup, steps,
-                                                                min_lr_rate=config.min_lr_ratio)
-    opt = optimizer(model, own_lr, 0.0, config.betas)
+        opt = optimizer(model, lr, config.weight_decay, config.betas)
+        return opt, lr_schedule(opt, config.warmup, steps, "cosine", config.min_lr_ratio)
+    opt = optimizer(model, lr, 0.0, config.betas)
     load_training_state(checkpoint, opt)
     for group in opt.param_groups:
-        group["lr"] = group["initial_lr"] = own_lr
+        group["lr"] = group["initial_lr"] = lr
     return opt, get_constant_schedule(opt)
 
 
@@ -143,7 +192,7 @@ class Recipe:
 # (0.9, 0.95), weight decay 0.1, 80 warmup steps to 4e-4, cosine to 4e-5, gradients clipped to 1.
 STUDY_RECIPE = Recipe(
     stream=StreamConfig(rounds=10, interval=160, batch_size=128, seq_len=1024, max_injected_rows=76),
-    train=TrainConfig(lr=CONTINUED_PEAK_LR, warmup=80, min_lr_ratio=0.1, weight_decay=0.1, betas=(0.9, 0.95),
+    train=TrainConfig(lr=study.CONTINUED_PEAK_LR, warmup=80, min_lr_ratio=0.1, weight_decay=0.1, betas=(0.9, 0.95),
                       protocol="study", precision="bf16-mixed"),
     scale=ScaleConfig(micro_batch=8, gradient_checkpointing=True),
 )
@@ -239,3 +288,29 @@ def continue_training(
     model.eval()
     accelerator.free_memory()
     return pd.DataFrame(rows) if evaluate else pd.DataFrame({"step": range(1, steps + 1), "train_loss": losses})
+
+
+def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
+                       train_config: TrainConfig, eval_every: int = 0, progress: bool = False,
+                       checkpoint: Checkpoint | None = None, scale: ScaleConfig = ScaleConfig()) -> pd.DataFrame:
+    """Continued training of ``model`` (in place) on the stream of ``setup``; the evaluation log
+    (step 0 = before, after every ``eval_every``-th injection round if > 0, and at the end).
+    ``checkpoint``: where ``model`` was loaded from (``matched``, ``resumed``); ``scale``:
+    micro-batches and gradient checkpointing (default: whole batches)."""
+    stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
+    rounds = [r * stream_config.interval for r in range(eval_every, stream_config.rounds, eval_every)] if eval_every else []
+    full = evaluator(tokenizer, setup)
+
+    def evaluate(m, step: int) -> dict:  # retention and LM loss only before and at the end
+        return full(m, step, with_retention=step in (0, len(stream.batches)))
+
+    return continue_training(model, stream, train_config, evaluate, rounds, progress, checkpoint, scale)
+
+
+def run_stage(checkpoint: Checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
+              eval_every: int = 0, device: str = "cpu", progress: bool = False) -> pd.DataFrame:
+    """Load ``checkpoint`` and :func:`train_and_evaluate` it; the evaluation log with its ``checkpoint`` step."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
+    model = load_checkpoint(checkpoint, device=device)
+    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_every, progress, checkpoint)
+    return log.assign(checkpoint=checkpoint.step)

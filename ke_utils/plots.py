@@ -273,28 +273,30 @@ def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=
 
 def plot_update_attribution(rows: pd.DataFrame, axes=None):
     """Notebook 06, one line per ``label`` over its starting checkpoints (x: their normalised KE):
-    the gradient entropy (solid) and the update entropy (dotted); the overlap of the most-updated neurons with the most-used ones (chance
-    dashed); and with the neurons that served the facts forgotten (filled) and kept (open)."""
+    the entropy of the key gradient (solid) and of the key change (dotted); the same for the values
+    (each neuron's column of the down projection); and the overlap of the most-changed keys (solid)
+    and values (dashed) with the most-used neurons (chance dotted grey)."""
     if axes is None:
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     fig = axes[0].figure
     for i, (name, run) in enumerate(rows.groupby("label", sort=False)):
         colour, run = f"C{i}", run.sort_values("ke")
-        axes[0].plot(run["ke"], run["gradient_entropy"], "o-", color=colour, label=f"{name}: gradient")
-        axes[0].plot(run["ke"], run["update_entropy"], "o:", color=colour, markerfacecolor="none", label=f"{name}: update")
-        axes[1].plot(run["ke"], run["used_updated_jaccard"], "o-", color=colour, label=name)
-        axes[2].plot(run["ke"], run["forgotten_updated_jaccard"], "o-", color=colour, label=f"{name}: forgotten")
-        axes[2].plot(run["ke"], run["kept_updated_jaccard"], "o--", color=colour, markerfacecolor="none",
-                     label=f"{name}: kept")
-    for ax in axes[1:]:
-        ax.axhline(float(rows["chance_jaccard"].iloc[0]), color="0.5", linestyle=":", label="chance")
-    titles = ("entropy of the key gradient and of the key change\n(normalised, over each layer's neurons)", "most-updated vs most-used neurons\n(top-10% Jaccard)",
-              "most-updated vs neurons of old facts\n(top-10% Jaccard)")
-    for ax, title, ylabel in zip(axes, titles, ("normalised entropy", "Jaccard index", "Jaccard index")):
+        for ax, side in ((axes[0], ""), (axes[1], "value_")):
+            ax.plot(run["ke"], run[f"{side}gradient_entropy"], "o-", color=colour, label=f"{name}: gradient")
+            ax.plot(run["ke"], run[f"{side}update_entropy"], "o:", color=colour, markerfacecolor="none",
+                    label=f"{name}: change")
+        axes[2].plot(run["ke"], run["used_updated_jaccard"], "o-", color=colour, label=f"{name}: keys")
+        axes[2].plot(run["ke"], run["used_value_updated_jaccard"], "o--", color=colour, markerfacecolor="none",
+                     label=f"{name}: values")
+    axes[2].axhline(float(rows["chance_jaccard"].iloc[0]), color="0.5", linestyle=":", label="chance")
+    titles = ("keys: entropy of the gradient and of the change\n(normalised, over each layer's neurons)",
+              "values (memory vectors): entropy of the gradient\nand of the change", "most-changed vs most-used neurons\n(top-10% Jaccard)")
+    for ax, title, ylabel in zip(axes, titles, ("normalised entropy", "normalised entropy", "Jaccard index")):
         ax.set_xlabel("normalised KE of the starting checkpoint")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
+    axes[2].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -23,14 +23,13 @@ import torch
 from filelock import FileLock, Timeout
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
-from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, get_constant_schedule_with_warmup,
-                          get_cosine_with_min_lr_schedule_with_warmup)
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging
 
 from .cache import atomic_write_text, cache_dir, config_key
-from .checkpoints import Checkpoint, local_checkpoints
+from .checkpoints import Checkpoint, load_training_state, local_checkpoints, trainer_state
 from .cpu_kernels import cpu_capability, environment, kernels_pinned
-from .training import optimizer, pack, train_step
+from .training import lr_at, lr_schedule, optimizer, pack, train_step
 from .world import TEMPLATES, WorldConfig, generate_world, pretraining_corpus
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -142,17 +141,14 @@ def make_model(config: FamilyConfig, tokenizer):
 
 
 def scheduler(opt: torch.optim.Optimizer, config: FamilyConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """The family's schedule (transformers' implementations): linear warmup over ``warmup`` steps,
-    then constant, or cosine to ``0.1 x lr`` at ``steps`` (the shape of OLMo's schedule)."""
-    if config.schedule == "constant":
-        return get_constant_schedule_with_warmup(opt, config.warmup)
-    return get_cosine_with_min_lr_schedule_with_warmup(opt, config.warmup, config.steps, min_lr_rate=0.1)
+    """The family's schedule (:func:`~ke_utils.training.lr_schedule`): linear warmup over
+    ``warmup`` steps, then constant, or cosine to ``0.1 x lr`` at ``steps`` (the shape of OLMo's)."""
+    return lr_schedule(opt, config.warmup, config.steps, config.schedule, final_ratio=0.1)
 
 
 def pretraining_lr(config: FamilyConfig, step: int) -> float:
     """The learning rate the schedule gives after ``step`` updates (the one update ``step + 1`` uses)."""
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
-    return config.lr * scheduler(probe, config).lr_lambdas[0](step)
+    return lr_at(step, config.lr, config.warmup, config.steps, config.schedule, final_ratio=0.1)
 
 
 def _save(model, tokenizer, folder: Path, opt, sched, gen: torch.Generator, step: int) -> None:
@@ -172,35 +168,6 @@ def _save(model, tokenizer, folder: Path, opt, sched, gen: torch.Generator, step
     torch.save({"data_order": gen.get_state()}, folder / "rng_state.pth")
     atomic_write_text(folder / "trainer_state.json",
                       json.dumps({"global_step": step, "learning_rate": sched.get_last_lr()[0]}))
-
-
-def checkpoint_state(checkpoint: Checkpoint) -> dict:
-    """A built-in checkpoint's ``trainer_state.json``: ``global_step`` and ``learning_rate`` (the
-    pretraining LR at that step, see :func:`pretraining_lr`)."""
-    path = Path(checkpoint.path) / "trainer_state.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{checkpoint.name} has no trainer_state.json: not a built-in checkpoint "
-                                "(or one built before version 2)")
-    return json.loads(path.read_text())
-
-
-def has_training_state(checkpoint: Checkpoint) -> bool:
-    """Whether a checkpoint is a local folder that kept its optimizer state (``optimizer.pt``)."""
-    return checkpoint.revision is None and (Path(checkpoint.path) / "optimizer.pt").exists()
-
-
-def load_training_state(checkpoint: Checkpoint, opt, sched=None, gen: torch.Generator | None = None) -> None:
-    """Load a built-in checkpoint's AdamW state into ``opt`` (built for the same model with
-    :func:`~ke_utils.training.optimizer`), and optionally its scheduler and data-order generator
-    (files read with ``weights_only=True``)."""
-    folder = Path(checkpoint.path)
-    if not has_training_state(checkpoint):
-        raise FileNotFoundError(f"{checkpoint.name} has no optimizer.pt: its optimizer state was not kept")
-    opt.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    if sched is not None:
-        sched.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    if gen is not None:
-        gen.set_state(torch.load(folder / "rng_state.pth", weights_only=True)["data_order"])
 
 
 def _pretrain(model, tokenizer, data: torch.Tensor, config: FamilyConfig, opt, sched, gen: torch.Generator,
@@ -294,7 +261,7 @@ def resume_pretraining(checkpoint: Checkpoint, config: FamilyConfig, until: int,
     """Continue the family's pretraining from a built-in ``checkpoint`` (its weights, AdamW state,
     schedule and data order) up to step ``until``, saving the family's checkpoints on the way
     into ``folder``; the same updates as the uninterrupted run. Returns ``folder``."""
-    step = checkpoint_state(checkpoint)["global_step"]
+    step = trainer_state(checkpoint)["global_step"]
     if not step < until <= config.steps:
         raise ValueError(f"until must be in ({step}, {config.steps}], got {until}")
     texts = builtin_texts("train", None, config, root)

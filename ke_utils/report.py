@@ -1,9 +1,15 @@
-"""How notebooks state results: findings checked in code, and the key numbers the main job collects."""
+"""How notebooks state results: findings checked in code, and the key numbers the main job collects.
+
+Every experiment module (:mod:`ke_utils.experiments`) has the same pair: ``findings(...)``, a
+``{claim: Finding}`` that :func:`record` states, and ``key_numbers(...)``, a flat dict for
+:func:`key_numbers`."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 KEY_NUMBERS_FILE = "key_numbers.json"
@@ -53,6 +59,27 @@ def finding(claim: str, observed: bool, *, required: bool = False, value: float 
                             **({} if value is None else {"value": float(value)})})
     if required:
         assert observed, f"expected finding not observed: {claim}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Whether a run showed a claim (truthy when it did), the number behind it (``value``), and
+    whether it is a ``check``: a finding that holds on every pretraining seed of the built-in
+    families (docs/findings_over_seeds.md), asserted when a notebook runs on them."""
+
+    observed: bool
+    value: float | None = None
+    check: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.observed)
+
+
+def record(findings: Mapping[str, Finding], builtin: bool) -> None:
+    """State every finding with :func:`finding`; the checks are asserted when the subject is a
+    ``builtin`` family (on any other model they are printed like the rest)."""
+    for claim, found in findings.items():
+        finding(claim, found.observed, required=found.check and builtin, value=found.value)
 
 
 def findings_table(folders: list[str | Path]) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .training import lr_at
+
 STUDY_NUMBERS = Path(__file__).resolve().parents[1] / "data" / "study_numbers.csv"
 BASELINE = "baseline (peak LR 4e-4)"
 
@@ -71,6 +73,15 @@ OLMO_1B_REVISIONS = ("step117850-tokens494B", "step369000-tokens1548B", "step554
 # slightly different token counts (step738020-tokens3094B, step369000-tokens1547B), so select the
 # study's checkpoints there by step: select(hub_checkpoints(OLMO_1B_HF_REPO), steps=OLMO_1B_CHECKPOINT_STEPS).
 OLMO_1B_HF_REPO = "allenai/OLMo-1B-hf"
+
+# OLMo-1B's pretraining schedule (allenai/OLMo configs/official/OLMo-1B.yaml): linear warmup over
+# 2,000 steps to 4e-4, then cosine to 0.1 x at the end of the run (about 739k steps).
+OLMO_1B_SCHEDULE = {"peak": 4e-4, "warmup": 2_000, "total": 739_000, "shape": "cosine", "final_ratio": 0.1}
+
+
+def olmo_1b_lr(step: int) -> float:
+    """OLMo-1B's pretraining learning rate at ``step`` (from its configuration, not its logs)."""
+    return lr_at(step, **OLMO_1B_SCHEDULE)
 
 # Values code uses as defaults, read from the file above.
 CONTINUED_PEAK_LR = value("continued_peak_lr")  # continued training's peak LR (section 3), OLMo-1B's own

@@ -1,5 +1,7 @@
-"""What pretraining and continued training share: AdamW with decay on matrices only, one
-language-model step, and packing documents into fixed-length sequences."""
+"""What pretraining and continued training share: AdamW with decay on matrices only, the
+learning-rate schedules (transformers' implementations; :func:`lr_at` reads a schedule at any
+step, so every learning rate in the package comes from the same code), one language-model step,
+and packing documents into fixed-length sequences."""
 
 from __future__ import annotations
 
@@ -7,6 +9,28 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+SHAPES = ("constant", "cosine")
+
+
+def lr_schedule(opt: torch.optim.Optimizer, warmup: int, total: int, shape: str = "cosine",
+                final_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup`` updates to ``opt``'s learning rate, then constant (``shape =
+    "constant"``) or cosine decay to ``final_ratio`` x it at update ``total`` (``"cosine"``: the
+    shape of OLMo's schedule, of the ``decayed`` family and of the study's continued training)."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, not {shape!r}")
+    if shape == "constant":
+        return get_constant_schedule_with_warmup(opt, warmup)
+    return get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, total, min_lr_rate=final_ratio)
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int, shape: str = "cosine", final_ratio: float = 0.1) -> float:
+    """The learning rate :func:`lr_schedule` gives after ``step`` updates (the one update
+    ``step + 1`` uses), for a peak of ``peak``; past ``total`` it stays at the end value."""
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    return peak * lr_schedule(probe, warmup, total, shape, final_ratio).lr_lambdas[0](min(step, total))
 
 
 def optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:

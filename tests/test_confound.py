@@ -13,17 +13,18 @@ import torch
 from transformers import AutoTokenizer
 
 from helpers import MINI, no_module_copies
-from ke_utils import confound
+from ke_utils import study
+from ke_utils.experiments import confound
 from ke_utils.memory.batching import text_batches
 from ke_utils.checkpoint_sweep import sweep
 from ke_utils.checkpoints import Checkpoint, load_checkpoint
-from ke_utils.confound import key_numbers as confound_key_numbers
-from ke_utils.confound import verdicts as confound_verdicts
-from ke_utils.confound import (causal_test, confound_experiment, cosine_lr, match_knowledge_entropy, olmo_1b_lr,
-                               pretraining_lr_of,
-                               own_lr, protocol_experiment,
-                               stage_differences, variance_explained)
-from ke_utils.continual import TrainConfig
+from ke_utils.experiments.confound import findings as confound_findings
+from ke_utils.experiments.confound import key_numbers as confound_key_numbers
+from ke_utils.experiments.confound import (causal_test, confound_experiment, match_knowledge_entropy, protocol_experiment,
+                                           stage_differences, variance_explained)
+from ke_utils.continual import TrainConfig, pretraining_lr_of, recorded_lr as own_lr
+from ke_utils.pretrain import pretraining_lr
+from ke_utils.training import lr_at
 from ke_utils.memory.entropy import coefficient_means, knowledge_entropy
 from ke_utils.evaluation import evaluator
 from ke_utils.pretrain import builtin_family, builtin_texts
@@ -42,99 +43,30 @@ def family(tmp_path_factory):
 
 
 def test_schedules_by_hand():
-    assert cosine_lr(0, 1.0, 10, 110) == 0 and cosine_lr(5, 1.0, 10, 110) == 0.5
-    assert cosine_lr(10, 1.0, 10, 110) == pytest.approx(1.0)
-    assert cosine_lr(60, 1.0, 10, 110) == pytest.approx(0.55)  # half way: 0.1 + 0.9 / 2
-    assert cosine_lr(110, 1.0, 10, 110) == pytest.approx(0.1) and cosine_lr(500, 1.0, 10, 110) == pytest.approx(0.1)
+    assert lr_at(0, 1.0, 10, 110) == 0 and lr_at(5, 1.0, 10, 110) == 0.5
+    assert lr_at(10, 1.0, 10, 110) == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 10, 110) == pytest.approx(0.55)  # half way: 0.1 + 0.9 / 2
+    assert lr_at(110, 1.0, 10, 110) == pytest.approx(0.1) and lr_at(500, 1.0, 10, 110) == pytest.approx(0.1)
+    assert lr_at(500, 1.0, 10, 110, shape="constant") == 1.0 and lr_at(5, 1.0, 10, 110, shape="constant") == 0.5
+    with pytest.raises(ValueError, match="shape"):
+        lr_at(5, 1.0, 10, 110, shape="linear")
     # OLMo-1B at the study's checkpoints: about 3.8e-4 / 2.2e-4 / 9.3e-5 / 4.0e-5, so re-warming to
     # 4e-4 is a jump of about 1.1x / 1.8x / 4.3x / 10x
-    lrs = [olmo_1b_lr(s) for s in (118_000, 369_000, 554_000, 738_000)]
+    lrs = [study.olmo_1b_lr(s) for s in (118_000, 369_000, 554_000, 738_000)]
     assert lrs == pytest.approx([3.78e-4, 2.24e-4, 9.3e-5, 4.0e-5], rel=0.02)
     assert [round(4e-4 / lr, 1) for lr in lrs] == [1.1, 1.8, 4.3, 10.0]
 
 
 def test_own_lr_is_the_recorded_one(family):
     ckpts, _ = family
-    assert [own_lr(c) for c in ckpts] == pytest.approx([cosine_lr(c.step, COSINE.lr, COSINE.warmup, COSINE.steps)
+    assert [own_lr(c) for c in ckpts] == pytest.approx([pretraining_lr(COSINE, c.step) for c in ckpts], rel=1e-12, abs=1e-15)
+    assert [own_lr(c) for c in ckpts] == pytest.approx([lr_at(c.step, COSINE.lr, COSINE.warmup, COSINE.steps)
                                                         for c in ckpts], rel=1e-12, abs=1e-15)
     assert pretraining_lr_of("builtin:decayed") is own_lr
-
-
-def test_pretraining_lr_of_the_study_model():
-    """OLMo-1B's schedule for both of its repositories; no guess for any other hub model."""
-    for repo in ("allenai/OLMo-1B", "allenai/OLMo-1B-hf"):
-        lr_of = pretraining_lr_of(repo)
-        assert lr_of(Checkpoint(738020, repo, "step738020-tokens3095B", None, None, "x")) == pytest.approx(4.0e-5, rel=0.01)
-    with pytest.raises(ValueError, match="set LR_OF"):
-        pretraining_lr_of("EleutherAI/pythia-160m")
-    pythia = Checkpoint(143000, "EleutherAI/pythia-160m", "step143000", None, None, "step143000")
-    assert pretraining_lr_of("EleutherAI/pythia-160m", 6e-4)(pythia) == 6e-4  # one number: every checkpoint's
-    assert pretraining_lr_of("EleutherAI/pythia-160m", lambda c: c.step * 1e-9)(pythia) == pytest.approx(1.43e-4)
-
-
-def test_variance_explained_on_known_data():
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"a": rng.normal(size=50), "b": rng.normal(size=50)})
-    frame["y"] = 2 * frame["a"]  # explained by a alone, exactly
-    table = variance_explained(frame, "y", {"a": ["a"], "b": ["b"], "both": ["a", "b"]}).set_index("predictors")
-    assert table.loc["a", "r2"] == pytest.approx(1.0) and table.loc["both", "r2"] == pytest.approx(1.0)
-    assert table.loc["b", "r2"] < 0.1
-    # R^2 of one predictor is its squared Pearson correlation
-    assert table.loc["b", "r2"] == pytest.approx(np.corrcoef(frame["b"], frame["y"])[0, 1] ** 2)
-    assert table.loc["b", "adjusted_r2"] == pytest.approx(1 - (1 - table.loc["b", "r2"]) * 49 / 48)
-
-
-def test_reactivation_reaches_a_target_knowledge_entropy(family, monkeypatch):
-    """The bisection reactivates the model itself (no copy) and leaves it with the best factor, also
-    when its last attempt was not the best; a target out of reach leaves it as given."""
-    ckpts, root = family
-    model = load_checkpoint(ckpts[-1])
-    tokenizer = AutoTokenizer.from_pretrained(ckpts[-1].path)
-    batches = list(text_batches(tokenizer, builtin_texts("heldout", 10, COSINE, root)))
-    before = knowledge_entropy(coefficient_means(model, batches)).total
-    means = coefficient_means(model, batches)
-    ends = [knowledge_entropy(coefficient_means(reactivate(model, means, 0.5, q)[0], batches)).total for q in (0.05, 1.0)]
-    target = sum(ends) / 2  # reachable between q = 0.05 and q = 1
-    given = snapshot(model)
-    no_module_copies(monkeypatch)
-    modified, report, ke = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4)
-    assert modified is model
-    assert abs(ke.total - target) <= 1e-4 and report.ratio == 0.5 and 0.05 < report.factor < 1.0
-    assert knowledge_entropy(coefficient_means(model, batches)).total == pytest.approx(ke.total, abs=1e-9)
-    restore(model, given)
-    again = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=1e-4, means=means)
-    assert again[1].factor == report.factor and again[2].total == ke.total  # means measured once, passed in
-    # three halvings: q = 0.525, 0.2875, 0.16875, the last farther from the target than the one before
-    restore(model, given)
-    _, short, reached = match_knowledge_entropy(model, batches, target, factors=(0.05, 1.0), tolerance=0, max_steps=3)
-    assert short.factor == pytest.approx(0.2875)
-    assert knowledge_entropy(coefficient_means(model, batches)).total == pytest.approx(reached.total, abs=1e-9)
-    restore(model, given)
-    state = {n: t.clone() for n, t in model.state_dict().items()}
-    with pytest.raises(ValueError, match="outside"):
-        match_knowledge_entropy(model, batches, before + 10)
-    assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items())
-
-
-def test_protocol_experiment_records_the_learning_rates(family, capsys):
-    ckpts, root = family
-    setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
-    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
-    results, logs = protocol_experiment(ckpts[1:], setup, stream, TrainConfig(lr=3e-3, warmup=1), progress=False)
-    assert list(zip(results.protocol, results.step)) == [(p, s) for p in ("study", "matched", "resumed") for s in (3, 6)]
-    lrs = {c.step: own_lr(c) for c in ckpts}
-    for row in results.itertuples():
-        assert row.own_lr == lrs[row.step]
-        assert row.peak_lr == (3e-3 if row.protocol == "study" else lrs[row.step])
-        assert row.lr_jump == pytest.approx(row.peak_lr / row.own_lr)
-    # the log records the LR of the last update: constant for resumed, decayed for the others
-    last = logs.groupby(["protocol", "checkpoint"])["lr"].last()
-    assert last[("resumed", 6)] == pytest.approx(lrs[6])
-    assert last[("matched", 6)] < lrs[6] and last[("study", 3)] < 3e-3
-    # hub-like checkpoints (no optimizer state) skip resumed with a message; lr_of gives their LR
-    results, _ = protocol_experiment(ckpts[2:], setup, stream, TrainConfig(lr=3e-3, warmup=1), protocols=("matched",),
-                                     lr_of=lambda c: 1e-3, progress=False)
-    assert results["own_lr"].tolist() == [1e-3] and not math.isnan(results["acquisition_paraphrase_mem"].iloc[0])
+    assert pretraining_lr_of(study.OLMO_1B_HF_REPO)(ckpts[0]) == study.olmo_1b_lr(ckpts[0].step)
+    assert pretraining_lr_of("someone/model", 1e-4)(ckpts[0]) == 1e-4
+    with pytest.raises(ValueError, match="LR_OF"):
+        pretraining_lr_of("someone/model")
 
 
 def test_causal_test_trains_the_reactivated_late_checkpoint(family, monkeypatch):
@@ -231,20 +163,20 @@ def test_verdicts_from_hand_made_results():
             ("matched", 1200, 0.48, 0.10), ("reactivated", 1200, 0.55, 0.62), ("random neurons", 1200, 0.41, 0.50),
             ("flat (study)", 300, 0.30, 0.70), ("flat (study)", 1200, 0.90, 0.60)]
     frame = pd.DataFrame(rows, columns=["label", "step", "gain_beyond_control_paraphrase_mem", "forgetting"])
-    v = confound_verdicts(frame, 0.05, 0.03)
+    v = confound_findings(frame, 0.05, 0.03)
 
     def claim(start: str) -> bool:
         (value,) = [x for k, x in v.items() if k.startswith(start)]
-        return value
+        return bool(value)
 
     assert claim("'study': the late checkpoint acquires less") and claim("'study': the late checkpoint forgets more")
     assert claim("'study': finding 2 holds")
     assert not claim("'matched': the late checkpoint acquires less")  # 0.02 < 0.05: no difference
     assert not claim("'matched': the late checkpoint forgets more")  # it forgets less
     assert not claim("'matched': finding 2 holds")
-    moved = [x for k, x in v.items() if k.startswith("raising")]
+    moved = [bool(x) for k, x in v.items() if k.startswith("raising")]
     assert moved == [True, False]  # gain 0.55 is near 0.60 (from 0.40); F 0.62 is not nearer 0.50 than 0.60
-    control = [x for k, x in v.items() if k.startswith("the same factor on random neurons")]
+    control = [bool(x) for k, x in v.items() if k.startswith("the same factor on random neurons")]
     assert control == [False, True]  # gain 0.41 stays near 0.40; F 0.50 is the early one's
     assert not claim("'flat (study)': the late checkpoint acquires less") and not claim("'flat (study)': the late checkpoint forgets more")
     assert not any("'reactivated'" in k or "'random neurons'" in k for k in v)  # one stage: not a protocol

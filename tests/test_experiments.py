@@ -12,14 +12,14 @@ import torch
 from transformers import AutoTokenizer
 
 from helpers import MINI, no_module_copies
-from ke_utils import experiments
+from ke_utils.experiments import variants
 from ke_utils.memory.batching import text_batches
 from ke_utils.checkpoints import load_checkpoint
-from ke_utils.continual import TrainConfig
+from ke_utils.continual import TrainConfig, run_stage
 from ke_utils.evaluation import evaluator
 from ke_utils.probes import probe_table, score_probes
-from ke_utils.experiments import (Variant, first_round, reactivation_experiment, reactivation_findings, run_stage, stage_experiment,
-                                  variant_grid)
+from ke_utils.experiments.stages import first_round, stage_experiment
+from ke_utils.experiments.variants import Variant, baseline_and_lifted, findings, reactivation_experiment, variant_grid
 from ke_utils.outcomes import outcome
 from ke_utils.pretrain import builtin_family, builtin_texts
 from ke_utils.setups import builtin_setup
@@ -95,11 +95,11 @@ def test_stage_experiment_rows_and_determinism(mini):
 def test_reactivation_baseline_equals_plain_continued_training(mini):
     checkpoints, setup, texts = mini
     setup = _choice_setup(setup)
-    variants = [Variant("baseline"), Variant("least p=0.5 q=2", 0.5, 2.0)]
+    grid = [Variant("baseline"), Variant("least p=0.5 q=2", 0.5, 2.0)]
     tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
     model = load_checkpoint(checkpoints[-1])
     before = {n: p.clone() for n, p in model.state_dict().items()}
-    results, logs = reactivation_experiment(model, tokenizer, setup, variants, text_batches(tokenizer, texts), STREAM,
+    results, logs = reactivation_experiment(model, tokenizer, setup, grid, text_batches(tokenizer, texts), STREAM,
                                             TRAIN, seeds=(0,), progress=False)
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())  # given back as it came
     plain, plain_logs = stage_experiment(checkpoints[-1:], setup, STREAM, TRAIN, seeds=(0,), progress=False)
@@ -133,16 +133,16 @@ def test_reactivation_experiment_keeps_one_model(mini, dtype, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(checkpoints[-1].path)
     model = load_checkpoint(checkpoints[-1]).to(dtype).train()
     given = {n: p.clone() for n, p in model.state_dict().items()}
-    started, train_and_evaluate = [], experiments.train_and_evaluate
+    started, train_and_evaluate = [], variants.train_and_evaluate
 
     def recording(trained, *args, **kwargs):
         started.append((trained, {n: p.clone() for n, p in trained.state_dict().items()}))
         return train_and_evaluate(trained, *args, **kwargs)
 
-    monkeypatch.setattr(experiments, "train_and_evaluate", recording)
+    monkeypatch.setattr(variants, "train_and_evaluate", recording)
     no_module_copies(monkeypatch)
-    variants = [Variant("least p=0.5 q=2", 0.5, 2.0), Variant("baseline")]
-    reactivation_experiment(model, tokenizer, _choice_setup(setup), variants, text_batches(tokenizer, texts), STREAM,
+    grid = [Variant("least p=0.5 q=2", 0.5, 2.0), Variant("baseline")]
+    reactivation_experiment(model, tokenizer, _choice_setup(setup), grid, text_batches(tokenizer, texts), STREAM,
                             TRAIN, progress=False)
     assert [trained is model for trained, _ in started] == [True, True]
 
@@ -201,20 +201,24 @@ def test_reactivation_findings_from_a_hand_made_summary():
     columns = ["variant", "select", "ratio", "factor", "gain_beyond_control_paraphrase_mem",
                "gain_beyond_control_paraphrase_mem_std", "acquisition_paraphrase_all", "acquisition_paraphrase_all_std",
                "retention"]
-    summary = pd.DataFrame(rows, columns=columns)
-    base, lifted, findings = reactivation_findings(summary)
+    summary = pd.DataFrame(rows, columns=columns).assign(normalized=[0.90, 0.93, 0.95, 0.97, 0.92, 0.91])
+    base, lifted = baseline_and_lifted(summary)
     assert base["variant"] == "baseline" and list(lifted["variant"]) == ["least p=0.5 q=1", "least p=0.5 q=2"]
-    claims = list(findings.values())
-    assert claims[0]  # +0.10 nats > 0.05 and > 2 x 0.02
-    assert not claims[1]  # A +0.008 is less than the one-point minimum
-    assert list(reactivation_findings(summary, min_a=0.005)[2].values())[1]
-    assert not claims[2]  # q=2 retains less than the baseline
-    assert not claims[3]  # 0.70 - 0.66 = 0.04 < 2 x 0.03: the random control is as good
+    found = findings(summary)
+    claims = list(found.values())
+    assert claims[0] and claims[0].check and claims[0].value == pytest.approx(0.03)  # KE rises in both lifted variants
+    assert claims[1] and claims[1].value == pytest.approx(0.10)  # +0.10 nats > 0.05 and > 2 x 0.02
+    assert not claims[2]  # A +0.008 is less than the one-point minimum
+    assert list(findings(summary, min_a=0.005).values())[2]
+    assert not claims[3]  # q=2 retains less than the baseline
+    assert not claims[4]  # 0.70 - 0.66 = 0.04 < 2 x 0.03: the random control is as good
     summary.loc[4, "gain_beyond_control_paraphrase_mem"] = 0.62
-    assert reactivation_findings(summary)[2][list(findings)[3]]  # 0.08 > 0.06
-    assert not list(reactivation_findings(summary, min_gain=0.09)[2].values())[3]  # nor the minimum
-    assert len(reactivation_findings(summary[summary["select"] != "most"])[2]) == 4  # random alone is a control
-    assert len(reactivation_findings(summary[summary["select"] == "least"])[2]) == 3  # no control: no claim
+    assert findings(summary)[list(found)[4]]  # 0.08 > 0.06
+    assert not list(findings(summary, min_gain=0.09).values())[4]  # nor the minimum
+    assert len(findings(summary[summary["select"] != "most"])) == 5  # random alone is a control
+    assert len(findings(summary[summary["select"] == "least"])) == 4  # no control: no claim
+    summary.loc[2, "normalized"] = 0.89  # q=2 lowered KE: the check fails
+    assert not list(findings(summary).values())[0]
 
 
 def test_with_one_seed_the_minimum_difference_decides():
@@ -223,8 +227,8 @@ def test_with_one_seed_the_minimum_difference_decides():
     columns = ["variant", "select", "ratio", "factor", "gain_beyond_control_paraphrase_mem",
                "gain_beyond_control_paraphrase_mem_std", "acquisition_paraphrase_all", "acquisition_paraphrase_all_std",
                "retention"]
-    claims = list(reactivation_findings(pd.DataFrame(rows, columns=columns))[2].values())
-    assert claims[:2] == [False, False]  # +0.04 nats and +0.004 in A: below the minimums, whatever the (zero) spread
+    claims = list(findings(pd.DataFrame(rows, columns=columns).assign(normalized=[0.90, 0.95])).values())
+    assert [bool(c) for c in claims[1:3]] == [False, False]  # +0.04 nats and +0.004 in A: below the minimums, whatever the (zero) spread
 
 
 def test_first_round_is_the_start_of_the_stage_run(mini):

@@ -1,13 +1,16 @@
 """The package's layers, checked on its import graph, and its command lines.
 
 ``ke_utils/memory/`` is the measurement core that works on any transformers model: it imports
-nothing else from ``ke_utils``. ``ke_utils/commands/`` holds the command lines: no library module
-imports them (only the thin ``python -m ke_utils.<old name>`` forwards do).
+nothing else from ``ke_utils``. ``ke_utils/experiments/`` holds one module per notebook
+experiment, each with ``findings`` and ``key_numbers``; only the command lines build on them.
+``ke_utils/commands/`` holds the command lines: no library module imports them (only the thin
+``python -m ke_utils.<old name>`` forwards do). No module imports itself through others.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import shutil
 import subprocess
 import sys
@@ -66,6 +69,40 @@ def test_no_library_module_imports_the_command_lines():
     upward = {(m, i) for m, deps in graph().items() if not m.startswith("ke_utils.commands") and m not in forwards
               for i in deps if i.startswith("ke_utils.commands")}
     assert not upward, f"the library imports a command line: {sorted(upward)}"
+
+
+def test_only_the_command_lines_build_on_the_experiments():
+    upward = {(m, i) for m, deps in graph().items()
+              if not m.startswith(("ke_utils.experiments", "ke_utils.commands")) and m != "ke_utils"
+              for i in deps if i.startswith("ke_utils.experiments")}
+    assert not upward, f"a lower layer imports an experiment: {sorted(upward)}"
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in (PACKAGE / "experiments").glob("[!_]*.py")))
+def test_every_experiment_has_findings_and_key_numbers(module):
+    experiment = importlib.import_module(f"ke_utils.experiments.{module}")
+    assert callable(getattr(experiment, "findings", None)) and callable(getattr(experiment, "key_numbers", None))
+
+
+def test_the_import_graph_has_no_cycles():
+    edges = graph()
+    edges = {m: {d for d in deps if d in edges} for m, deps in edges.items()}  # modules, not names in them
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for dep in sorted(edges[module]):
+            if dep.startswith(module + ".") or module.startswith(dep + "."):
+                continue  # a package and its own modules
+            assert state.get(dep) != "open", "import cycle: " + " -> ".join(path[path.index(dep):] + [dep]) \
+                if dep in path else f"import cycle through {dep}"
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ke_utils import pretrain
+from ke_utils import checkpoints, pretrain
 from helpers import MINI
 from ke_utils.pretrain import FamilyConfig, builtin_family, builtin_texts, family_dir
 from ke_utils.training import optimizer
@@ -98,14 +98,14 @@ def test_each_checkpoint_records_the_schedules_learning_rate(tmp_path, schedule)
         return config.lr if schedule == "constant" else config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - 2) / 4)))
 
     for ckpt in ckpts:
-        recorded = pretrain.checkpoint_state(ckpt)
+        recorded = checkpoints.trainer_state(ckpt)
         assert recorded["global_step"] == ckpt.step
         assert recorded["learning_rate"] == pytest.approx(by_hand(ckpt.step), rel=1e-12, abs=1e-15)
         assert pretrain.pretraining_lr(config, ckpt.step) == pytest.approx(by_hand(ckpt.step), rel=1e-12, abs=1e-15)
     log = pretrain.family_info(config, tmp_path)["log"]
     assert log["lr"] == pytest.approx([by_hand(s - 1) for s in log["step"]], rel=1e-12)  # update s uses lr(s - 1)
     if schedule == "cosine":
-        assert pretrain.checkpoint_state(ckpts[-1])["learning_rate"] == pytest.approx(0.1 * config.lr)
+        assert checkpoints.trainer_state(ckpts[-1])["learning_rate"] == pytest.approx(0.1 * config.lr)
 
 
 def test_resumed_pretraining_continues_bit_identically(mini_root, tmp_path):

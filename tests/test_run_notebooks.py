@@ -14,9 +14,9 @@ from ke_utils.commands import run_notebooks
 from ke_utils.commands.run_notebooks import inject_parameters, parse_parameter, run
 
 
-def notebook(tagged: bool = True):
+def notebook(tagged: bool = True, parameters: str = "FULL = False\nSEEDS = [0]"):
     cells = [nbformat.v4.new_markdown_cell("# tiny"),
-             nbformat.v4.new_code_cell("FULL = False\nSEEDS = [0]", metadata={"tags": ["parameters"] if tagged else []}),
+             nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"] if tagged else []}),
              nbformat.v4.new_code_cell("from ke_utils import report\n"
                                        "report.key_numbers('tiny', full=FULL, seeds=len(SEEDS))")]
     return nbformat.v4.new_notebook(cells=cells)
@@ -59,7 +59,7 @@ def test_main_builds_the_builtin_families_only_for_a_builtin_subject(tmp_path, m
     built, ran = [], []
     monkeypatch.setattr(run_notebooks, "builtin_family", built.append)
     monkeypatch.setattr(run_notebooks, "run", lambda paths, out, timeout, parameters, jobs: ran.append(parameters) or [])
-    (tmp_path / "01.ipynb").write_text("{}")
+    nbformat.write(notebook(parameters='SUBJECT, DEVICE, PRETRAIN_SEED = "builtin", "cpu", 0'), tmp_path / "01.ipynb")
     run_notebooks.main(["--notebooks", str(tmp_path), "-p", "SUBJECT=allenai/OLMo-1B-hf", "-p", "DEVICE=cuda"])
     assert built == [] and ran == [{"SUBJECT": "allenai/OLMo-1B-hf", "DEVICE": "cuda"}]
     run_notebooks.main(["--notebooks", str(tmp_path)])
@@ -93,3 +93,33 @@ def test_a_failed_notebook_does_not_stop_the_others_and_fails_the_job(tmp_path, 
     run_notebooks.main(["--findings-table", str(tmp_path / "out"), str(tmp_path / "again")])
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| notebook | finding | out | again |" and table[2] == "| 02 | a claim | yes (1.5) | yes (1.5) |"
+
+
+def test_bad_arguments_end_with_one_line_and_nothing_runs(tmp_path, monkeypatch, capsys):
+    """A misspelt parameter, a seed that names no family, an --only that matches nothing, a missing
+    folder, a zero count, a results folder without summary.json: one line naming the argument,
+    exit status 2, no family built and no notebook run."""
+    nbformat.write(notebook(parameters="SEEDS = [0]\nPRETRAIN_SEED = 0"), tmp_path / "01_a.ipynb")
+    nbformat.write(notebook(parameters="FULL = False"), tmp_path / "02_b.ipynb")
+    monkeypatch.setattr(run_notebooks, "builtin_family", lambda name: pytest.fail("built a family"))
+    monkeypatch.setattr(run_notebooks, "run", lambda *a: pytest.fail("ran a notebook"))
+
+    def error(*argv) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            run_notebooks.main(["--notebooks", str(tmp_path), "--out", str(tmp_path / "out"), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("ke-notebooks: error: "), err
+        return err[0]
+
+    line = error("-p", "SEEDZ=[0, 1]")
+    assert "-p SEEDZ" in line and "FULL, PRETRAIN_SEED, SEEDS" in line
+    assert "-p FULL" in error("--only", "01", "-p", "FULL=True")  # a parameter of a notebook not chosen
+    assert "PRETRAIN_SEED='one'" in error("-p", "PRETRAIN_SEED=one") and "-1" in error("-p", "PRETRAIN_SEED=-1")
+    line = error("--only", "07")
+    assert "--only '07'" in line and "01_a, 02_b" in line
+    assert "no such folder" in error("--notebooks", str(tmp_path / "nope"))
+    assert "--jobs 0" in error("--jobs", "0")
+    (tmp_path / "file").write_text("x")
+    assert "--out" in error("--out", str(tmp_path / "file"))
+    assert "summary.json" in error("--findings-table", str(tmp_path))
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..pretrain import NOTEBOOK_FAMILIES, builtin_family
 from ..report import FINDINGS_FILE, KEY_NUMBERS_FILE, findings_table, read_findings, read_key_numbers
+from .inputs import BadInput, one_line_errors, output_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +60,45 @@ def parse_parameter(text: str) -> tuple[str, object]:
         return key.strip(), ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
         return key.strip(), value.strip()
+
+
+def notebook_parameters(path: Path) -> set[str]:
+    """The names the cell tagged ``parameters`` of the notebook at ``path`` assigns."""
+    import nbformat
+
+    names: set[str] = set()
+    for cell in nbformat.read(path, as_version=4).cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    names.add(node.id)
+    return names
+
+
+def chosen_notebooks(folder: Path, only: str | None) -> list[Path]:
+    """The notebooks in ``folder`` whose name contains ``only`` (all without it), in order."""
+    if not folder.is_dir():
+        raise BadInput(f"--notebooks {folder}: no such folder; give the folder that holds the notebooks")
+    every = sorted(folder.glob("*.ipynb"))
+    paths = [p for p in every if not only or only in p.name]
+    if not paths:
+        names = ", ".join(p.stem for p in every) or "none"
+        raise BadInput(f"--only {only!r} matches no notebook in {folder}; its notebooks: {names}" if only else
+                       f"--notebooks {folder} holds no notebook (*.ipynb)")
+    return paths
+
+
+def check_parameters(parameters: dict, paths: list[Path]) -> None:
+    """Every name in ``parameters`` must be a parameter of at least one of ``paths`` (a misspelt
+    name would otherwise be set and silently ignored); ``PRETRAIN_SEED`` must be a whole number >= 0."""
+    known = {path.name: notebook_parameters(path) for path in paths}
+    for name in parameters:
+        if not any(name in names for names in known.values()):
+            every = sorted(set().union(*known.values()))
+            raise BadInput(f"-p {name}: no notebook run here has a parameter {name}; they have {', '.join(every)}")
+    seed = parameters.get("PRETRAIN_SEED", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise BadInput(f"-p PRETRAIN_SEED={seed!r}: give a whole number >= 0 (0 is the default family)")
 
 
 def run(paths: list[Path], out: Path, timeout: int = 1800, parameters: dict | None = None,
@@ -145,13 +185,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--findings-table", nargs="+", type=Path, metavar="RESULTS",
                         help="print a markdown table of the findings of earlier runs' result folders and exit")
     args = parser.parse_args(argv)
+    with one_line_errors("ke-notebooks"):
+        _main(args)
+
+
+def _main(args: argparse.Namespace) -> None:
+    for name in ("timeout", "threads", "jobs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise BadInput(f"--{name} {value}: give a whole number >= 1")
     if args.findings_table:
+        missing = [str(f) for f in args.findings_table if not (f / "summary.json").is_file()]
+        if missing:
+            raise BadInput(f"--findings-table {missing[0]} has no summary.json; give folders the main job wrote (--out)")
         print(findings_table(args.findings_table))
         return
-    paths = sorted(p for p in args.notebooks.glob("*.ipynb") if not args.only or args.only in p.name)
-    if not paths:
-        raise SystemExit(f"no notebooks in {args.notebooks}")
+    paths = chosen_notebooks(args.notebooks, args.only)
     parameters = dict(args.param)
+    check_parameters(parameters, paths)
+    output_folder(args.out)
     if args.threads:  # the kernels inherit the environment, and torch reads it when first imported
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     if str(parameters.get("SUBJECT", "builtin")).startswith("builtin"):  # a hub or local subject needs no build
@@ -163,7 +215,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{summary_table(summary)}\n\nexecuted {len(paths)} notebook(s), {len(failed)} failed; results in {args.out}")
     if failed:
         raise SystemExit(1)
-
 
 if __name__ == "__main__":
     main()

@@ -28,9 +28,8 @@ from transformers import AutoTokenizer
 
 from ..cache import atomic_write_text
 from ..checkpoints import DTYPES, load_checkpoint, named_checkpoint
-from ..continual import STUDY_RECIPE, ScaleConfig
+from ..continual import STUDY_RECIPE, ScaleConfig, train_and_evaluate
 from ..downstream import STUDY_TASKS
-from ..experiments import train_and_evaluate
 from ..memory.distributed import finish, process_state
 from ..outcomes import outcome
 from ..records import load_records

@@ -1,11 +1,11 @@
-"""Is it the entropy? The learning-rate confound of the study's finding 2, and a causal test
-(notebook 05).
+"""Notebook 05's experiment: is it the entropy? The learning-rate confound of the study's
+finding 2, and a causal test.
 
 The study trained OLMo-1B checkpoints further with a fresh AdamW warmed up to one peak learning
 rate. Its checkpoints had been pretrained with cosine decay, so the later a checkpoint, the
 larger the jump from its own learning rate to that peak: "later" and "abrupt re-warming" go
 together. This module runs the same continued training under the protocols of
-:class:`~ke_utils.continual.TrainConfig` (``study``, ``matched``, ``resumed``), raises a late
+:mod:`ke_utils.continual` (``study``, ``matched``, ``resumed``), raises a late
 checkpoint's knowledge entropy to an earlier one's with :func:`~ke_utils.memory.reactivation.reactivate`,
 and asks how much of acquisition and forgetting knowledge entropy explains beyond the LR jump.
 """
@@ -13,7 +13,6 @@ and asks how much of acquisition and forgetting knowledge entropy explains beyon
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,60 +21,19 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from .memory.batching import text_batches
-from .checkpoint_sweep import sweep
-from .checkpoints import Checkpoint, load_checkpoint
-from .continual import TrainConfig
-from .memory.entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
-from .experiments import stage_experiment, train_and_evaluate
-from .outcomes import outcome
-from .pretrain import checkpoint_state, has_training_state
-from .memory.reactivation import Reactivation, reactivate, restore, snapshot, up_projection_names
-from .setups import KnowledgeSetup
-from .stats import mean_interval
-from .stream import StreamConfig
-from . import study
-from .subjects import Subject, seeded_subject
-
-# OLMo-1B's pretraining schedule (allenai/OLMo configs/official/OLMo-1B.yaml): linear warmup over
-# 2,000 steps to 4e-4, then cosine to 0.1 x at the end of the run (about 739k steps).
-OLMO_1B_SCHEDULE = {"peak": 4e-4, "warmup": 2_000, "total": 739_000, "final_ratio": 0.1}
-
-
-def cosine_lr(step: int, peak: float, warmup: int, total: int, final_ratio: float = 0.1) -> float:
-    """Learning rate after ``step`` updates of linear warmup then cosine decay to ``final_ratio``
-    x ``peak`` at ``total`` (the shape of OLMo's schedule and of the ``decayed`` family)."""
-    if step < warmup:
-        return peak * step / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def olmo_1b_lr(step: int) -> float:
-    """OLMo-1B's pretraining learning rate at ``step`` (from its configuration, not its logs)."""
-    return cosine_lr(step, **OLMO_1B_SCHEDULE)
-
-
-def pretraining_lr_of(subject: str, given: float | Callable[[Checkpoint], float] | None = None
-                      ) -> Callable[[Checkpoint], float]:
-    """How to know a checkpoint's pretraining learning rate: ``given`` (a function of the
-    checkpoint, or one number for every checkpoint, e.g. a constant-LR run), else what a built-in
-    checkpoint recorded, or OLMo-1B's schedule for its hub repositories; for any other subject
-    ``given`` is needed (ValueError)."""
-    if callable(given):
-        return given
-    if given is not None:
-        return lambda checkpoint: float(given)
-    if subject.startswith("builtin"):
-        return own_lr
-    if subject in (study.OLMO_1B_REPO, study.OLMO_1B_HF_REPO):
-        return lambda checkpoint: olmo_1b_lr(checkpoint.step)
-    raise ValueError(f"the pretraining learning rate of {subject!r} is unknown: set LR_OF, e.g. lambda c: cosine_lr(c.step, ...)")
-
-
-def own_lr(checkpoint: Checkpoint) -> float:
-    """The pretraining learning rate a built-in checkpoint recorded (``trainer_state.json``)."""
-    return float(checkpoint_state(checkpoint)["learning_rate"])
+from ..checkpoint_sweep import sweep
+from ..checkpoints import Checkpoint, load_checkpoint
+from ..continual import TrainConfig, cannot_run, peak_lr, recorded_lr, train_and_evaluate
+from ..memory.batching import text_batches
+from ..memory.entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
+from ..memory.reactivation import Reactivation, reactivate, restore, snapshot, up_projection_names
+from ..outcomes import outcome
+from ..report import Finding
+from ..setups import KnowledgeSetup
+from ..stats import mean_interval
+from ..stream import StreamConfig
+from ..subjects import Subject, seeded_subject
+from .stages import stage_experiment
 
 
 def protocol_experiment(checkpoints: Sequence[Checkpoint], setup: KnowledgeSetup, stream_config: StreamConfig,
@@ -83,22 +41,23 @@ def protocol_experiment(checkpoints: Sequence[Checkpoint], setup: KnowledgeSetup
                         seeds: Sequence[int] = (0,), lr_of: Callable[[Checkpoint], float] | None = None,
                         eval_every: int = 0, device: str = "cpu",
                         progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`~ke_utils.experiments.stage_experiment` from every checkpoint under every protocol
-    (same stream, same data order). ``lr_of(checkpoint)``: its pretraining LR (default: what a
-    built-in checkpoint recorded; e.g. ``lambda c: olmo_1b_lr(c.step)`` for OLMo-1B). Rows gain
-    ``protocol``, ``own_lr``, ``peak_lr`` (the highest LR of continued training) and ``lr_jump``
-    = peak / own. ``resumed`` is skipped, with a message, for checkpoints without optimizer state."""
-    lr_of = lr_of or own_lr
+    """:func:`~ke_utils.experiments.stages.stage_experiment` from every checkpoint under every
+    protocol (same stream, same data order). ``lr_of(checkpoint)``: its pretraining LR (default:
+    what the checkpoint recorded; :func:`~ke_utils.continual.pretraining_lr_of` knows OLMo-1B's).
+    Rows gain ``protocol``, ``own_lr``, ``peak_lr`` (the highest LR of continued training) and
+    ``lr_jump`` = peak / own. A protocol a checkpoint cannot run (``resumed`` without optimizer
+    state) is skipped with a message."""
+    lr_of = lr_of or recorded_lr
     results, logs = [], []
     runs = [(p, c) for p in protocols for c in checkpoints]
     for protocol, ckpt in tqdm(runs, desc="protocols x checkpoints", disable=not progress):
-        if protocol == "resumed" and not has_training_state(ckpt):
-            print(f"protocol 'resumed' skipped for {ckpt.name}: no optimizer state saved with the checkpoint")
+        if why := cannot_run(protocol, ckpt):
+            print(why)
             continue
         lr = lr_of(ckpt)
         config = dataclasses.replace(train_config, protocol=protocol, own_lr=lr)
         result, log = stage_experiment([ckpt], setup, stream_config, config, seeds, eval_every, device, progress=False)
-        peak = train_config.lr if protocol == "study" else lr
+        peak = peak_lr(config, lr)
         results.append(result.assign(protocol=protocol, own_lr=lr, peak_lr=peak, lr_jump=peak / lr))
         logs.append(log.assign(protocol=protocol))
     return pd.concat(results, ignore_index=True), pd.concat(logs, ignore_index=True)
@@ -189,7 +148,8 @@ def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, strea
     means = coefficient_means(model, batches)  # one pass, for the bisection and the random control
     given = snapshot(model)
     _, report, ke = match_knowledge_entropy(model, batches, target_ke, means=means)
-    lr = (lr_of or own_lr)(late)
+    lr = (lr_of or recorded_lr)(late)
+    study_config = dataclasses.replace(train_config, protocol="study")
     runs = [("reactivated", "least")] + ([("random neurons", "random")] if random_control else [])
     results, logs = [], []
     for seed in seeds:
@@ -198,9 +158,9 @@ def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, strea
             reactivate(model, means, report.ratio, report.factor, select, inplace=True, seed=seed)
             reached = ke if select == "least" else knowledge_entropy(coefficient_means(model, batches))
             log = train_and_evaluate(model, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
-                                     dataclasses.replace(train_config, protocol="study", seed=seed), eval_every)
+                                     dataclasses.replace(study_config, seed=seed), eval_every)
             results.append({"step": late.step, "seed": seed, **outcome(log), "protocol": "study", "own_lr": lr,
-                            "peak_lr": train_config.lr, "lr_jump": train_config.lr / lr,
+                            "peak_lr": peak_lr(study_config, lr), "lr_jump": peak_lr(study_config, lr) / lr,
                             "normalized": reached.normalized, "label": label})
             logs.append(log.assign(checkpoint=late.step, seed=seed, protocol="study", label=label))
     return pd.DataFrame(results), pd.concat(logs, ignore_index=True), report
@@ -225,7 +185,7 @@ def stage_table(subjects: Sequence[Subject], lr_of: Callable[[Checkpoint], float
     frames = []
     for subject in subjects:
         frame = sweep(subject.checkpoints, subject.texts, progress=False)[["step", "ke", "normalized"]]
-        frames.append(frame.assign(subject=subject.name, lr=[(lr_of or own_lr)(c) for c in subject.checkpoints]))
+        frames.append(frame.assign(subject=subject.name, lr=[(lr_of or recorded_lr)(c) for c in subject.checkpoints]))
     table = pd.concat(frames, ignore_index=True)[["subject", "step", "ke", "normalized", "lr"]]
     return table.assign(study_jump=peak_lr / table["lr"]) if peak_lr else table
 
@@ -291,8 +251,8 @@ def stage_differences(results: pd.DataFrame, columns: Sequence[str] = ("gain_bey
 MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest on: nats, beyond the controls' gain
 
 
-def verdicts(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> dict[str, bool]:
-    """Claims about the first ("early") and last ("late") stage of ``results`` (rows of
+def findings(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> dict[str, Finding]:
+    """Notebook 05's verdicts: claims about the first ("early") and last ("late") stage of ``results`` (rows of
     :func:`confound_experiment`), each mapped to whether this run shows it; differences within
     ``min_gain_diff`` (nats of gain beyond control) or ``min_f_diff`` (forgetting) count as none
     ("moves toward": closer to the early checkpoint under ``study`` by more than that).
@@ -307,19 +267,19 @@ def verdicts(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> 
         if (label, early) not in mean.index or (label, late) not in mean.index:
             continue
         e, l = mean.loc[(label, early)], mean.loc[(label, late)]
-        less = e[MEASURE] - l[MEASURE] > min_gain_diff
-        more = l["forgetting"] - e["forgetting"] > min_f_diff
-        out[f"'{label}': the late checkpoint acquires less"] = less
-        out[f"'{label}': the late checkpoint forgets more"] = more
-        out[f"'{label}': finding 2 holds, the late checkpoint acquires less and forgets more"] = less and more
+        drop, rise = e[MEASURE] - l[MEASURE], l["forgetting"] - e["forgetting"]
+        less, more = bool(drop > min_gain_diff), bool(rise > min_f_diff)
+        out[f"'{label}': the late checkpoint acquires less"] = Finding(less, drop)
+        out[f"'{label}': the late checkpoint forgets more"] = Finding(more, rise)
+        out[f"'{label}': finding 2 holds, the late checkpoint acquires less and forgets more"] = Finding(less and more)
     for name, label in (("raising the late checkpoint's KE to the early one's", "reactivated"),
                         ("the same factor on random neurons (control)", "random neurons")):
         if (label, late) not in mean.index or ("study", late) not in mean.index:
             continue
         e, l, r = mean.loc[("study", early)], mean.loc[("study", late)], mean.loc[(label, late)]
         for column, what, tolerance in ((MEASURE, "acquisition", min_gain_diff), ("forgetting", "forgetting", min_f_diff)):
-            closer = abs(r[column] - e[column]) < abs(l[column] - e[column]) - tolerance
-            out[f"{name} moves its {what} toward the early one's"] = closer
+            gained = abs(l[column] - e[column]) - abs(r[column] - e[column])  # how much closer to the early one
+            out[f"{name} moves its {what} toward the early one's"] = Finding(bool(gained > tolerance), gained)
     return out
 
 
