@@ -10,7 +10,7 @@ import torch
 
 from .memory.batching import text_batches
 from .downstream import multiple_choice_accuracy
-from .probes import probe_table, score_probes, summarize
+from .probes import probe_table, score_probes, shuffled_targets, summarize
 from .setups import KnowledgeSetup
 from .memory.modes import eval_mode
 
@@ -34,11 +34,16 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
     (``logprob_<regime>_<kind>``) and over all kinds (``_all``: the study's K, the mean over items
     of the mean over all of an item's probes), the
     retention score P (exact match on retention probes, or mean downstream accuracy; none when
-    the setup has neither, e.g. no downstream task) and held-out LM loss."""
+    the setup has neither, e.g. no downstream task), for retention probes also their mean
+    log-probability (``retention_logprob``) and, when they name their ``attribute``, the floor of P
+    (``retention_floor``: exact match against another person's value of the same attribute,
+    :func:`~ke_utils.probes.shuffled_targets`), and held-out LM loss."""
     regimes = {"paraphrase": setup.paraphrase, "once": setup.once, "control": setup.control}
     table = pd.concat([probe_table(records).assign(regime=regime) for regime, records in regimes.items() if records],
                       ignore_index=True)
     memorisation = table[table["kind"] == "mem"]
+    has_groups = setup.retention is not None and "attribute" in setup.retention
+    floor = shuffled_targets(setup.retention) if has_groups else None
 
     def evaluate(model, step: int, with_retention: bool = True) -> dict:
         """``with_retention=False``: the memorisation probes of the new knowledge only, what the
@@ -62,6 +67,8 @@ def evaluator(tokenizer, setup: KnowledgeSetup) -> Callable[[object, int], dict]
         elif setup.retention is not None:
             kept = score_probes(model, tokenizer, setup.retention)
             out.update(retention_score=float(kept["exact"].mean()), retention_logprob=float(kept["logprob"].mean()))
+            if floor is not None:
+                out["retention_floor"] = float(score_probes(model, tokenizer, floor)["exact"].mean())
         out["heldout_loss"] = lm_loss(model, tokenizer, setup.heldout)
         return out
 

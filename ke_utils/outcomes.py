@@ -36,7 +36,10 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
     - ``logprob_after_beyond_control_*``: K after minus the controls' K after (that gap, at the end).
 
     Also ``heldout_loss_change``, and ``retention`` and ``forgetting`` when the log has a
-    ``retention_score``.
+    ``retention_score``; with retention probes, ``retention_logprob_change`` (nats, a continuous
+    measure of what was forgotten), ``retention_floor`` (P's floor at the end) and
+    ``forgetting_above_floor`` (the share of P above its floor that was lost: exact match on
+    10-16-way facts does not fall to 0 when they are forgotten).
     """
     before, after = (log.iloc[0] if before is None else before), log.iloc[-1]
     out = {}
@@ -55,6 +58,12 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
     if "retention_score" in log.columns:  # absent when retention was not measured
         out["retention"] = retention(before["retention_score"], after["retention_score"])
         out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
+    if "retention_floor" in log.columns:  # the part of P above what guessing the attribute's values gives
+        out["retention_floor"] = after["retention_floor"]
+        out["forgetting_above_floor"] = forgetting(before["retention_score"] - before["retention_floor"],
+                                                   after["retention_score"] - after["retention_floor"])
+    if "retention_logprob" in log.columns:
+        out["retention_logprob_change"] = after["retention_logprob"] - before["retention_logprob"]
     out["heldout_loss_change"] = after["heldout_loss"] - before["heldout_loss"]
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -133,6 +134,23 @@ def score_probes(model, tokenizer, probes: pd.DataFrame, batch_size: int = 64) -
     with eval_mode(model):
         scores = score_pairs(model, tokenizer, list(probes["input"]), list(probes["target"]), batch_size)
     return pd.concat([probes.reset_index(drop=True), scores], axis=1)
+
+
+def shuffled_targets(probes: pd.DataFrame, by: str = "attribute", seed: int = 0) -> pd.DataFrame:
+    """``probes`` with each ``target`` replaced by another probe's target of the same ``by`` group
+    (e.g. the same attribute of another person) that differs from it, where the group has one.
+    Scored, they give the floor of exact match: what a model that answers with the group's values
+    but knows nothing of each probe's subject would get (about the share of its most frequent
+    answer, not 0)."""
+    rng = np.random.default_rng(seed)
+    out = probes.copy()
+    for _, group in probes.groupby(by, sort=False):
+        targets = group["target"].to_numpy()
+        for index, target in zip(group.index, targets):
+            others = targets[targets != target]
+            if len(others):
+                out.at[index, "target"] = others[rng.integers(len(others))]
+    return out
 
 
 def probe_table(records: Sequence[dict], kinds: Sequence[str] = PROBE_KINDS) -> pd.DataFrame:

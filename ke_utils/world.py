@@ -254,10 +254,11 @@ def knowledge_records(world: World) -> dict[str, list[dict]]:
 
 
 def retention_probes(world: World, n: int | None = None, seed: int = 0) -> list[dict]:
-    """Probes on pretraining people (``input``, ``target``, ``kind="mem"``, ``person``), in the
-    first wording of each attribute (a wording of the corpus); ``n`` sampled if given."""
-    probes = [{"input": i, "target": t, "kind": "mem", "person": p.name}
-              for p in world.people for i, t in (fact(p, a, 0) for a in TEMPLATES)]
+    """Probes on pretraining people (``input``, ``target``, ``kind="mem"``, ``person``,
+    ``attribute``), in the first wording of each attribute (a wording of the corpus); ``n``
+    sampled if given."""
+    probes = [{"input": i, "target": t, "kind": "mem", "person": p.name, "attribute": a}
+              for p in world.people for a in TEMPLATES for i, t in [fact(p, a, 0)]]
     if n is not None:
         probes = random.Random(seed).sample(probes, min(n, len(probes)))
     return probes

@@ -181,6 +181,15 @@ def test_verdicts_from_hand_made_results():
     assert not claim("'flat (study)': the late checkpoint acquires less") and not claim("'flat (study)': the late checkpoint forgets more")
     assert not any("'reactivated'" in k or "'random neurons'" in k for k in v)  # one stage: not a protocol
     assert not any("resumed" in k for k in v)  # not run: no claim
+    assert not any("log-probability" in k for k in v)  # not logged: no claim
+    logged = frame.assign(retention_logprob_change=[-0.2, -0.5, -0.3, -0.3, -0.4, -0.4, -0.1, -0.1],
+                          heldout_loss_change=[0.1, 0.12, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3])
+    w = confound_findings(logged, 0.05, 0.03)
+    loses = "'study': the late checkpoint loses more log-probability on the facts it knew (by > 0.05 nats)"
+    assert w[loses] and w[loses].value == pytest.approx(0.3) and not w[loses.replace("study", "matched")]
+    assert not w["'study': the late checkpoint raises its held-out loss more (the study's general-capability side) (by > 0.05 nats)"]
+    assert w["'flat (study)': the late checkpoint raises its held-out loss more (the study's general-capability side) (by > 0.05 nats)"]
+    assert confound_key_numbers(logged)["old_logprob_change_study_1200"] == -0.5
     numbers = confound_key_numbers(frame)
     assert numbers["gain_bc_study_1200"] == 0.40 and numbers["F_reactivated_1200"] == 0.62
     assert numbers["gain_bc_flat_study_1200"] == 0.90 and numbers["F_random_neurons_1200"] == 0.50

@@ -70,6 +70,10 @@ def test_outcome_from_a_hand_made_log():
     assert (against["acquisition_paraphrase_mem"], against["gain_paraphrase_mem"]) == (0.625, 5.0)  # (-3 + 8) / 8
     assert against["heldout_loss_change"] == 1.5 and against["exact_paraphrase_mem"] == 0.25
     assert math.isnan(against["retention"]) and math.isnan(against["forgetting"])  # nothing known before
+    floored = outcome(log.assign(retention_floor=[0.1, 0.5, 0.2], retention_logprob=[-1.0, -9.0, -1.5]))
+    assert floored["retention_floor"] == 0.2 and floored["retention_logprob_change"] == -0.5
+    assert floored["forgetting_above_floor"] == pytest.approx(1 - 0.4 / 0.7)  # (0.6 - 0.2) of (0.8 - 0.1) kept
+    assert floored["forgetting"] == pytest.approx(0.25)  # the plain F does not move
 
 
 def test_stage_experiment_rows_and_determinism(mini):

@@ -10,7 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from helpers import FAMILIES, SMALL, make_model
 from helpers import sentencepiece_tokenizer as make_sentencepiece_tokenizer
-from ke_utils.probes import encode_pairs, head_on_hidden, probe_table, score_pairs, score_probes, summarize
+from ke_utils.probes import (encode_pairs, head_on_hidden, probe_table, score_pairs, score_probes, shuffled_targets,
+                             summarize)
 
 PAIRS = (["The quick brown fox jumps over the", "Paris is the capital of", "Memory vectors store", "Knowledge entropy",
           "The lazy", "Memory vectors in feed-forward layers"],
@@ -199,3 +200,16 @@ def test_bad_pairs():
 
     with pytest.raises(ValueError, match="input's tokens change"):
         encode_pairs(Merging(), ["ab"], ["c"])
+
+
+def test_shuffled_targets_give_every_probe_another_value_of_its_attribute():
+    """The floor of exact match: each target replaced by a different value of the same attribute
+    (none where the attribute has one value only), drawn the same way every time."""
+    probes = pd.DataFrame({"input": [f"p{i}" for i in range(7)], "attribute": list("aaaabbc"),
+                           "target": ["x", "y", "z", "x", "u", "u", "w"]})
+    out = shuffled_targets(probes)
+    assert list(out["input"]) == list(probes["input"]) and list(out["attribute"]) == list(probes["attribute"])
+    a = out[out["attribute"] == "a"]
+    assert (a["target"] != probes.loc[a.index, "target"]).all() and set(a["target"]) <= {"x", "y", "z"}
+    assert list(out.loc[4:6, "target"]) == ["u", "u", "w"]  # b: one value; c: one probe
+    assert out.equals(shuffled_targets(probes)) and probes["target"].tolist()[0] == "x"  # deterministic, input kept

@@ -249,6 +249,15 @@ def stage_differences(results: pd.DataFrame, columns: Sequence[str] = ("gain_bey
 
 
 MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest on: nats, beyond the controls' gain
+# Continuous measures of forgetting (nats), next to F, whose exact match has a floor near the chance of guessing a value
+CONTINUOUS = ("retention_logprob_change", "heldout_loss_change")
+
+
+def continuous_claims(columns) -> list[tuple[str, str]]:
+    """``(column, what a late checkpoint that forgets more does)`` for the continuous measures present."""
+    what = {"retention_logprob_change": "loses more log-probability on the facts it knew",
+            "heldout_loss_change": "raises its held-out loss more (the study's general-capability side)"}
+    return [(c, what[c]) for c in columns]
 
 
 def findings(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> dict[str, Finding]:
@@ -256,10 +265,13 @@ def findings(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> 
     :func:`confound_experiment`), each mapped to whether this run shows it; differences within
     ``min_gain_diff`` (nats of gain beyond control) or ``min_f_diff`` (forgetting) count as none
     ("moves toward": closer to the early checkpoint under ``study`` by more than that).
-    Means over all seeds. Per protocol and contrast family: does the late checkpoint acquire less,
+    Forgetting is also judged on the continuous measures of :data:`CONTINUOUS` (log-probability of
+    the old facts, held-out loss; differences within ``min_gain_diff`` nats count as none), since F's
+    exact match cannot fall below the chance of guessing a value. Means over all seeds. Per protocol and contrast family: does the late checkpoint acquire less,
     forget more, both (finding 2)? For the causal test: does raising the late checkpoint's KE move
     it toward the early one (and does the random-neuron control, when it ran)?"""
-    mean = results.groupby(["label", "step"])[[MEASURE, "forgetting"]].mean()
+    continuous = [c for c in CONTINUOUS if c in results]
+    mean = results.groupby(["label", "step"])[[MEASURE, "forgetting", *continuous]].mean()
     early, late = results["step"].min(), results["step"].max()
     causal = ("reactivated", "random neurons")
     out = {}
@@ -272,6 +284,9 @@ def findings(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> 
         out[f"'{label}': the late checkpoint acquires less"] = Finding(less, drop)
         out[f"'{label}': the late checkpoint forgets more"] = Finding(more, rise)
         out[f"'{label}': finding 2 holds, the late checkpoint acquires less and forgets more"] = Finding(less and more)
+        for column, what in continuous_claims(continuous):
+            worse = (l[column] - e[column]) * (1 if column == "heldout_loss_change" else -1)
+            out[f"'{label}': the late checkpoint {what} (by > {min_gain_diff} nats)"] = Finding(bool(worse > min_gain_diff), worse)
     for name, label in (("raising the late checkpoint's KE to the early one's", "reactivated"),
                         ("the same factor on random neurons (control)", "random neurons")):
         if (label, late) not in mean.index or ("study", late) not in mean.index:
@@ -284,11 +299,13 @@ def findings(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> 
 
 
 def key_numbers(results: pd.DataFrame) -> dict[str, float]:
-    """Gain beyond control and forgetting per label and stage (means over seeds), flat."""
-    mean = results.groupby(["label", "step"])[[MEASURE, "forgetting"]].mean()
+    """Gain beyond control, forgetting and (when logged) the log-probability change of the old
+    facts per label and stage (means over seeds), flat."""
+    short = {MEASURE: "gain_bc", "forgetting": "F", "retention_logprob_change": "old_logprob_change"}
+    mean = results.groupby(["label", "step"])[[c for c in short if c in results]].mean()
 
     def name(label: str) -> str:  # "overtrained (study)" -> "overtrained_study"
         return "_".join(label.replace("(", " ").replace(")", " ").split())
 
-    return {f"{column}_{name(label)}_{step}": float(value) for (label, step), row in mean.iterrows()
-            for column, value in (("gain_bc", row[MEASURE]), ("F", row["forgetting"]))}
+    return {f"{short[column]}_{name(label)}_{step}": float(value) for (label, step), row in mean.iterrows()
+            for column, value in row.items()}
