@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,15 +27,30 @@ class Correlation:
     confidence: float = 0.95
 
     def __str__(self) -> str:
+        p = "p < 1e-4" if self.pvalue < 1e-4 else f"p = {self.pvalue:.2g}"
         return (f"r = {self.r:+.2f} ({self.confidence:.0%} CI {self.low:+.2f} to {self.high:+.2f}, "
-                f"p = {self.pvalue:.2g}, n = {self.n}, {self.method})")
+                f"{p}, n = {self.n}, {self.method})")
+
+
+EXACT_SPEARMAN_N = 9  # up to here the Spearman p-value is exact, over all n! orders (362,880 for 9)
+
+
+def _exact_spearman_p(x: np.ndarray, y: np.ndarray, r: float) -> float:
+    """Two-sided p-value of Spearman's ``r`` over every pairing of ``x`` with a reordering of ``y``
+    (average ranks for ties): the share of orders at least as correlated."""
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    orders = ry[np.array(list(itertools.permutations(range(len(y)))))]  # [n!, n]
+    cx, cy = rx - rx.mean(), orders - orders.mean(axis=1, keepdims=True)
+    rho = (cy @ cx) / (np.sqrt((cy**2).sum(axis=1)) * np.sqrt((cx**2).sum()))
+    return float(np.mean(np.abs(rho) >= abs(r) - 1e-12))
 
 
 def correlation(x: Sequence[float], y: Sequence[float], method: str = "pearson",
                 confidence: float = 0.95) -> Correlation:
     """Pearson or Spearman correlation of ``x`` and ``y`` with p-value and confidence interval.
 
-    Pearson: ``scipy.stats.pearsonr`` and its Fisher-z interval. Spearman: ``scipy.stats.spearmanr``;
+    Pearson: ``scipy.stats.pearsonr`` and its Fisher-z interval. Spearman: ``scipy.stats.spearmanr``
+    (p-value exact over every order of ``y`` for ``n <= 9``, where SciPy's t approximation fails);
     SciPy gives it no interval, so it is the Fisher-z interval with the standard error
     ``sqrt(1.06 / (n - 3))`` of Fieller, Hartley and Pearson (1957). With ``n <= 3`` that interval
     is undefined and reported as (-1, 1). A constant side gives NaN throughout.
@@ -58,6 +74,8 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "pearson",
     else:
         result = stats.spearmanr(x, y)
         r, p = float(result.statistic), float(result.pvalue)
+        if n <= EXACT_SPEARMAN_N:  # the t approximation gives p = 0 for a perfect rank order of 4 (exact: 1/12)
+            p = _exact_spearman_p(x, y, r)
         if n > 3 and abs(r) < 1:
             half = stats.norm.ppf(0.5 + confidence / 2) * math.sqrt(1.06 / (n - 3))
             low, high = math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)

@@ -48,10 +48,15 @@ def test_degenerate_inputs():
 
 
 def test_spearman_p_value_and_other_confidence_levels():
-    # y ranks (1, 3, 2, 4): rho = 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8; with n = 4 (2 degrees of
-    # freedom) the two-sided tail of t = r sqrt(2) / sqrt(1 - r^2) is exactly 1 - |r|; atanh(0.8) = ln 3
+    # y ranks (1, 3, 2, 4): rho = 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8; atanh(0.8) = ln 3. The exact
+    # p over the 24 orders: |rho| >= 0.8 for the identity, its 3 adjacent swaps and their 4 reversals,
+    # 8 / 24 (SciPy's t approximation says 0.2, and 0 for a perfect order of 4, where the exact p is 1/12)
     c = correlation([1, 2, 3, 4], [1, 9, 4, 100], "spearman")
-    assert (c.r, c.pvalue) == pytest.approx((0.8, 0.2))
+    assert (c.r, c.pvalue) == pytest.approx((0.8, 1 / 3))
+    assert correlation([1, 2, 3, 4], [4, 3, 2, 1], "spearman").pvalue == pytest.approx(1 / 12)
+    tied = correlation([1, 2, 3, 4, 5], [2, 2, 3, 1, 5], "spearman")  # ties: the same as SciPy's permutation test
+    assert tied.pvalue == pytest.approx(19 / 30)
+    assert "p < 1e-4, n = 12" in str(correlation(range(12), range(12), "spearman"))  # beyond exact: no "p = 0"
     half = Z95 * math.sqrt(1.06 / 1)
     assert (c.low, c.high) == pytest.approx((math.tanh(math.log(3) - half), math.tanh(math.log(3) + half)))
     ninety = correlation([1, 2, 3, 4], [1, 3, 2, 4], confidence=0.9)
