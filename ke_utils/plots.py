@@ -271,6 +271,29 @@ def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=
     return fig
 
 
+def plot_lr_sweep(differences: pd.DataFrame, peaks: pd.Series, labels: dict[str, str], axes=None):
+    """Late minus early stage (rows of :func:`~ke_utils.experiments.confound.stage_differences`:
+    ``label, measure, late_minus_early, low, high``) against the peak LR of each ``label``
+    (``peaks``: label -> LR), one panel per measure in ``labels`` (column -> axis label); the
+    interval over pretraining seeds as bars where there is one."""
+    if axes is None:
+        fig, axes = plt.subplots(1, len(labels), figsize=(4.4 * len(labels), 3.6), squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    for ax, (measure, label) in zip(axes, labels.items()):
+        rows = differences[differences["measure"] == measure].assign(peak=lambda d: d["label"].map(peaks)).sort_values("peak")
+        errors = [rows["late_minus_early"] - rows["low"], rows["high"] - rows["late_minus_early"]]
+        ax.errorbar(rows["peak"], rows["late_minus_early"], yerr=None if rows["low"].isna().all() else errors,
+                    marker="o", capsize=3)
+        ax.axhline(0, color="0.5", linestyle=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("peak LR of continued training (study protocol)")
+        ax.set_ylabel("late minus early", fontsize=8)
+        ax.set_title(label, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_update_attribution(rows: pd.DataFrame, axes=None):
     """Notebook 06, one line per ``label`` over its starting checkpoints (x: their normalised KE):
     the entropy of the key gradient (solid) and of the key change (dotted); the same for the values

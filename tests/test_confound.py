@@ -20,8 +20,8 @@ from ke_utils.checkpoint_sweep import sweep
 from ke_utils.checkpoints import Checkpoint, load_checkpoint
 from ke_utils.experiments.confound import findings as confound_findings
 from ke_utils.experiments.confound import key_numbers as confound_key_numbers
-from ke_utils.experiments.confound import (causal_test, confound_experiment, match_knowledge_entropy, protocol_experiment,
-                                           stage_differences, variance_explained)
+from ke_utils.experiments.confound import (MEASURE, causal_test, confound_experiment, match_knowledge_entropy,
+                                           protocol_experiment, stage_differences, variance_explained)
 from ke_utils.continual import TrainConfig, pretraining_lr_of, recorded_lr as own_lr
 from ke_utils.pretrain import pretraining_lr
 from ke_utils.training import lr_at
@@ -156,6 +156,31 @@ def test_stage_differences_per_pretraining_seed_with_a_t_interval():
     half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
     assert gain.late_minus_early == pytest.approx(-0.3) and gain.n == 3
     assert gain.low == pytest.approx(-0.3 - half, rel=1e-6) and gain.high == pytest.approx(-0.3 + half, rel=1e-6)
+
+
+def test_lr_sweep_runs_the_study_protocol_at_every_peak(family):
+    """Each peak trains the first and last checkpoint under 'study' exactly as protocol_experiment
+    does at that peak; the late checkpoint's jump grows with the peak."""
+    ckpts, root = family
+    texts = builtin_texts("heldout", 10, COSINE, root)
+    subject = Subject("builtin:mini", [ckpts[1], ckpts[-1]], texts, "mini")
+    setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
+    train = TrainConfig(lr=3e-3, warmup=1)
+    results, logs = confound.lr_sweep([subject], setup, stream, train, peaks=(1e-3, 3e-3), progress=False)
+    assert list(zip(results.label, results.step)) == [("study at 0.001", 3), ("study at 0.001", 6),
+                                                      ("study at 0.003", 3), ("study at 0.003", 6)]
+    assert results["peak_lr"].tolist() == [1e-3, 1e-3, 3e-3, 3e-3] and set(logs["label"]) == set(results["label"])
+    late = results[results.step == 6]
+    assert late["lr_jump"].tolist() == pytest.approx([1e-3 / own_lr(ckpts[-1]), 3e-3 / own_lr(ckpts[-1])])
+    direct, _ = protocol_experiment([ckpts[1], ckpts[-1]], setup, stream, train, ("study",), progress=False)
+    at_3e3 = results[results.label == "study at 0.003"].reset_index(drop=True)
+    for column in (MEASURE, "heldout_loss_change", "retention_logprob_change"):  # bit for bit
+        assert at_3e3[column].tolist() == direct[column].tolist()
+    assert results[MEASURE].iloc[1] != at_3e3[MEASURE].iloc[1]  # the peak matters
+    differences = stage_differences(results)
+    gains = differences[differences["measure"] == MEASURE]
+    assert set(gains["label"]) == {"study at 0.001", "study at 0.003"} and (gains["n"] == 1).all()
 
 
 def test_verdicts_from_hand_made_results():

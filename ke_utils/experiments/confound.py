@@ -248,6 +248,25 @@ def stage_differences(results: pd.DataFrame, columns: Sequence[str] = ("gain_bey
     return pd.DataFrame(rows)
 
 
+def lr_sweep(subjects: Sequence[Subject], setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
+             peaks: Sequence[float], seeds: Sequence[int] = (0,), lr_of: Callable[[Checkpoint], float] | None = None,
+             device: str = "cpu", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The study's protocol from the first and last checkpoint of each of ``subjects`` at every
+    peak LR in ``peaks``: the larger the peak, the larger the late checkpoint's re-warming jump
+    against the early one's. Rows of :func:`protocol_experiment` with ``subject``,
+    ``pretrain_seed`` and ``label`` = ``"study at <peak>"``; and the logs."""
+    results, logs = [], []
+    runs = [(i, s, peak) for i, s in enumerate(subjects) for peak in peaks]
+    for index, subject, peak in tqdm(runs, desc="LR sweep: pretraining runs x peaks", disable=not progress):
+        ends = [subject.checkpoints[0], subject.checkpoints[-1]]
+        result, log = protocol_experiment(ends, setup, stream_config, dataclasses.replace(train_config, lr=peak),
+                                          ("study",), seeds, lr_of, device=device, progress=False)
+        label = f"study at {peak:g}"
+        results.append(result.assign(subject=subject.name, pretrain_seed=index, label=label))
+        logs.append(log.assign(subject=subject.name, pretrain_seed=index, label=label))
+    return pd.concat(results, ignore_index=True), pd.concat(logs, ignore_index=True)
+
+
 MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest on: nats, beyond the controls' gain
 # Continuous measures of forgetting (nats), next to F, whose exact match has a floor near the chance of guessing a value
 CONTINUOUS = ("retention_logprob_change", "heldout_loss_change")
