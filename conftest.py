@@ -11,7 +11,6 @@ import ke_utils  # noqa: F401  first: pins the CPU kernels before any test does 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     if item.path.suffix == ".ipynb":
-        from ke_utils.pretrain import NOTEBOOK_FAMILIES, builtin_family
+        from ke_utils.pretrain import NOTEBOOK_FAMILIES, builtin_families
 
-        for name in NOTEBOOK_FAMILIES:
-            builtin_family(name, progress=False)  # returns at once when the family is cached
+        builtin_families(NOTEBOOK_FAMILIES, progress=False)  # returns at once when the families are cached

@@ -12,9 +12,15 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
+import pickle
 import shutil
+import subprocess
+import sys
 import time
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +200,13 @@ def build_family(config: FamilyConfig, root: Path | None = None, progress: bool 
     folder and renamed when complete, so an interrupted build never looks finished. Where this
     process's CPU kernels are not the pinned ones (:mod:`~ke_utils.cpu_kernels`), the build runs
     in a fresh process that has them. The finished family is compared with its reference digest."""
+    final = _build_locked(config, root, progress, force)
+    check_fingerprint(config, root)
+    return final
+
+
+def _build_locked(config: FamilyConfig, root: Path | None, progress: bool, force: bool = False) -> Path:
+    """:func:`build_family` without the comparison with the reference digest."""
     final = family_dir(config, root)
     final.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(final) + ".lock")
@@ -210,8 +223,20 @@ def build_family(config: FamilyConfig, root: Path | None = None, progress: bool 
                 _build_in_fresh_process(config, final, progress)
     finally:
         lock.release()
-    check_fingerprint(config, root)
     return final
+
+
+def _build_on_one_thread(config: FamilyConfig, root: Path | None) -> None:
+    """:func:`_build_locked` in a fresh Python process with one CPU thread; it imports ``ke_utils``
+    first, so it runs the pinned CPU kernels (and, unlike ``spawn``, it does not re-run ``__main__``)."""
+    code = ("import pickle, sys; from ke_utils import pretrain; pretrain.torch.set_num_threads(1); "
+            "pretrain._build_locked(*pickle.load(sys.stdin.buffer), progress=False)")
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((config, root)), env=env)
+    if process.returncode != 0:
+        raise RuntimeError(f"building {family_dir(config, root).name} in a separate process failed "
+                           f"(exit code {process.returncode})")
 
 
 def _build(config: FamilyConfig, final: Path, progress: bool) -> None:
@@ -235,6 +260,7 @@ def _build(config: FamilyConfig, final: Path, progress: bool) -> None:
         "config": dataclasses.asdict(config),
         "key": config.key(),
         "build_seconds": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(),
         "train_tokens": int(data.numel()),
         "parameters": sum(p.numel() for p in model.parameters()),
         "environment": environment(),
@@ -286,18 +312,41 @@ def _is_complete(config: FamilyConfig, folder: Path) -> bool:
 
 
 def _ensure_built(config: FamilyConfig, root: Path | None, progress: bool = True) -> Path:
-    """The family's folder, built first if missing; a cached folder that lacks part of the family
-    (an older interrupted or raced build) is rebuilt with a warning."""
-    folder = family_dir(config, root)
-    if not _is_complete(config, folder):
-        if folder.exists():
-            warnings.warn(f"the cached built-in family {folder} is incomplete (a checkpoint or its record is "
-                          "missing); rebuilding it")
-        build_family(config, root, progress)  # compares it with its reference
-    elif folder not in _CHECKED:
-        check_fingerprint(config, root)
-    _CHECKED.add(folder)
-    return folder
+    """The family's folder, built first if missing (see :func:`_ensure_built_all`)."""
+    return _ensure_built_all([config], root, progress)[0]
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _ensure_built_all(configs: list[FamilyConfig], root: Path | None, progress: bool = True) -> list[Path]:
+    """The families' folders, each built first if missing; a cached folder that lacks part of a
+    family (an older interrupted or raced build) is rebuilt with a warning. Where two or more are
+    missing and the machine has two or more cores, they are built side by side, one process with
+    one thread each (a family's weights do not depend on the thread count, and two one-thread
+    builds on two cores finish sooner than two two-thread builds one after the other)."""
+    folders = [family_dir(config, root) for config in configs]
+    missing = list({config.key(): config for config, folder in zip(configs, folders)
+                    if not _is_complete(config, folder)}.values())
+    for config in missing:
+        if family_dir(config, root).exists():
+            warnings.warn(f"the cached built-in family {family_dir(config, root)} is incomplete (a checkpoint or "
+                          "its record is missing); rebuilding it")
+    workers = min(len(missing), _cores())
+    if workers >= 2:
+        print(f"building {len(missing)} built-in families side by side ({workers} processes, one thread each) ...",
+              flush=True)
+        with ThreadPoolExecutor(workers) as pool:  # each thread waits on its build's process
+            list(pool.map(_build_on_one_thread, missing, [root] * len(missing)))
+    for config, folder in zip(configs, folders):
+        if config in missing:
+            build_family(config, root, progress)  # built above where side by side; compares it with its reference
+        elif folder not in _CHECKED:
+            check_fingerprint(config, root)
+        _CHECKED.add(folder)
+    return folders
 
 
 def fingerprint(config: FamilyConfig, root: Path | None = None) -> str:
@@ -345,6 +394,15 @@ def builtin_family(
     """
     config = family_config(name_or_config)
     return local_checkpoints(_ensure_built(config, root, progress))
+
+
+def builtin_families(
+    names_or_configs: Sequence[str | FamilyConfig], root: Path | None = None, progress: bool = True
+) -> list[list[Checkpoint]]:
+    """:func:`builtin_family` of each; the missing ones are built side by side where the machine has
+    the cores (one process with one thread each), which gives the same weights as one after the other."""
+    folders = _ensure_built_all([family_config(name) for name in names_or_configs], root, progress)
+    return [local_checkpoints(folder) for folder in folders]
 
 
 def builtin_texts(

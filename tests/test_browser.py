@@ -97,10 +97,9 @@ def wait_for(condition, timeout: float, message, interval: float = 0.25):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab on 127.0.0.1 serving copies of the notebooks; stopped (kernels too) at the end."""
-    from ke_utils.pretrain import NOTEBOOK_FAMILIES, builtin_family
+    from ke_utils.pretrain import NOTEBOOK_FAMILIES, builtin_families
 
-    for name in NOTEBOOK_FAMILIES:  # returns at once when cached; else pretrain here, not inside a cell
-        builtin_family(name, progress=False)
+    builtin_families(NOTEBOOK_FAMILIES, progress=False)  # at once when cached; else pretrain here, not in a cell
 
     base = tmp_path_factory.mktemp("lab")
     root = base / "notebooks"

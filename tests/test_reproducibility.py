@@ -122,6 +122,28 @@ def test_two_builders_at_once_both_get_the_whole_family(tmp_path):
         ["step0", "step3", "step6"]
 
 
+@pytest.mark.skipif(pretrain._cores() < 2, reason="one core: families are built one after the other")
+def test_families_built_side_by_side_are_the_ones_built_one_after_the_other(tmp_path, capsys):
+    """Two missing families are built at once, in two processes of one thread each; each has the
+    weights this process gives it at two threads, one after the other (the thread count does not
+    change a family)."""
+    configs = [dataclasses.replace(SHORT, seed=seed) for seed in (0, 1)]
+    pretrain.builtin_families(configs, root=tmp_path / "side", progress=False)
+    assert "side by side" in capsys.readouterr().out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for config in configs:
+            builtin_family(config, root=tmp_path / "serial", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for root, expected in ((tmp_path / "side", 1), (tmp_path / "serial", 2)):
+        assert [json.loads((family_dir(c, root) / "family.json").read_text())["threads"] for c in configs] == [expected] * 2
+    digests = [pretrain.fingerprint(c, tmp_path / "side") for c in configs]
+    assert digests == [pretrain.fingerprint(c, tmp_path / "serial") for c in configs]
+    assert digests[0] != digests[1]  # two families, not one built twice
+
+
 def test_an_incomplete_cached_family_is_rebuilt_with_a_warning(tmp_path):
     builtin_family(MINI, root=tmp_path, progress=False)
     digest = pretrain.fingerprint(MINI, tmp_path)

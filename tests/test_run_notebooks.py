@@ -57,7 +57,7 @@ def test_main_builds_the_builtin_families_only_for_a_builtin_subject(tmp_path, m
     """A real-checkpoint run (SUBJECT a hub id or folder) does not spend minutes pretraining the
     built-in families; the default run builds them first."""
     built, ran = [], []
-    monkeypatch.setattr(run_notebooks, "builtin_family", built.append)
+    monkeypatch.setattr(run_notebooks, "builtin_families", built.extend)
     monkeypatch.setattr(run_notebooks, "run", lambda paths, out, timeout, parameters, jobs: ran.append(parameters) or [])
     nbformat.write(notebook(parameters='SUBJECT, DEVICE, PRETRAIN_SEED = "builtin", "cpu", 0'), tmp_path / "01.ipynb")
     run_notebooks.main(["--notebooks", str(tmp_path), "-p", "SUBJECT=allenai/OLMo-1B-hf", "-p", "DEVICE=cuda"])
@@ -77,7 +77,7 @@ def test_a_failed_notebook_does_not_stop_the_others_and_fails_the_job(tmp_path, 
     fine = notebook()
     fine.cells.append(nbformat.v4.new_code_cell("report.finding('a claim', True, value=1.5)"))
     nbformat.write(fine, tmp_path / "02_fine.ipynb")
-    monkeypatch.setattr(run_notebooks, "builtin_family", lambda name: None)
+    monkeypatch.setattr(run_notebooks, "builtin_families", lambda names: None)
     with pytest.raises(SystemExit) as exit_:
         run_notebooks.main(["--notebooks", str(tmp_path), "--out", str(tmp_path / "out"), "--timeout", "120"])
     assert exit_.value.code == 1

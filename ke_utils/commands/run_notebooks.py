@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..pretrain import NOTEBOOK_FAMILIES, builtin_family
+from ..pretrain import NOTEBOOK_FAMILIES, builtin_families
 from ..report import FINDINGS_FILE, KEY_NUMBERS_FILE, findings_table, read_findings, read_key_numbers
 from .inputs import BadInput, one_line_errors, output_folder
 
@@ -208,8 +208,7 @@ def _main(args: argparse.Namespace) -> None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     if str(parameters.get("SUBJECT", "builtin")).startswith("builtin"):  # a hub or local subject needs no build
         seed = parameters.get("PRETRAIN_SEED", 0)
-        for name in NOTEBOOK_FAMILIES:
-            builtin_family(f"{name}-seed{seed}" if seed else name)
+        builtin_families([f"{name}-seed{seed}" if seed else name for name in NOTEBOOK_FAMILIES])
     summary = run(paths, args.out, args.timeout, parameters, args.jobs)
     failed = [entry["notebook"] for entry in summary if entry["status"] != "ok"]
     print(f"\n{summary_table(summary)}\n\nexecuted {len(paths)} notebook(s), {len(failed)} failed; results in {args.out}")
