@@ -50,10 +50,13 @@ def _config(family: str):
 FAMILIES = ["llama", "olmo", "olmo2", "mistral", "qwen2", "gemma", "gpt_neox", "gpt2", "opt", "phi", "bert", "roberta"]
 
 
-def make_model(family: str, seed: int = 0):
-    """A random-initialised tiny model of ``family`` in eval mode (fp32, eager attention)."""
+def make_model(family: str, seed: int = 0, **overrides):
+    """A random-initialised tiny model of ``family`` in eval mode (fp32, eager attention);
+    ``overrides`` set config attributes (e.g. ``activation_function="relu"``)."""
     torch.manual_seed(seed)
     config = _config(family)
+    for key, value in overrides.items():
+        setattr(config, key, value)
     cls = tf.AutoModelForMaskedLM if family in ("bert", "roberta") else tf.AutoModelForCausalLM
     model = cls.from_config(config, attn_implementation="eager").eval()
     # Random init leaves some norms at exactly 1 and biases at 0; perturb everything so that a

@@ -133,6 +133,55 @@ def test_reactivation_scales_exactly_the_chosen_neurons(family, recwarn):
         assert any("approximately" in str(w.message) for w in recwarn)
 
 
+def _memory_vectors(down: nn.Module) -> torch.Tensor:
+    """``[d_ff, d_model]``: row j is neuron j's memory vector (a Linear's column j, a Conv1D's row j)."""
+    return down.weight.detach().T if isinstance(down, nn.Linear) else down.weight.detach()
+
+
+@pytest.mark.parametrize("family, overrides", [pytest.param(f, {}, id=f) for f in GATED]
+                         + [pytest.param("gpt2", {"activation_function": "relu"}, id="gpt2-relu")])
+def test_preserve_function_keeps_the_logits_and_scales_the_coefficients(family, overrides):
+    """``preserve_function=True`` (float64): the logits equal the model's to 1e-12 while every chosen
+    coefficient is its factor times what it was; besides the up projections (as without it) only
+    the chosen memory vectors change, divided by the factors (GPT-2's Conv1D ``c_proj``: its rows);
+    the down projection's bias stays. Without it the logits move."""
+    model, batch = make_model(family, **overrides).double(), _batch()
+    means = coefficient_means(model, [batch])
+    modified, report = reactivate(model, means, ratio=0.5, factor=2.0, preserve_function=True)
+    plain, _ = reactivate(model, means, ratio=0.5, factor=2.0)
+    assert report.preserve_function and report.exact
+    with torch.no_grad():
+        logits, kept, moved = (m(**batch).logits for m in (model, modified, plain))
+    torch.testing.assert_close(kept, logits, rtol=0, atol=1e-12)
+    assert float((moved - logits).abs().max()) > 1e-2
+    before, after = _coefficients(model, batch), _coefficients(modified, batch)
+    changed = {n for n, p in modified.state_dict().items() if not torch.equal(p, model.state_dict()[n])}
+    expected_changes = set()
+    for layer in range(N_LAYERS):
+        rows, scales = report.indices[layer], report.scales[layer]
+        expected = before[layer].clone()
+        expected[..., rows] *= scales
+        torch.testing.assert_close(after[layer], expected, rtol=1e-10, atol=1e-12)
+        (down, (up, _), _), new_down = _modules(model, layer), _modules(modified, layer)[0]
+        down_name, (up_name, _), _ = LAYOUT[family]
+        old, new = _memory_vectors(down), _memory_vectors(new_down)
+        untouched = torch.ones(D_FF, dtype=torch.bool)
+        untouched[rows] = False
+        assert torch.equal(new[untouched], old[untouched])
+        torch.testing.assert_close(new[rows], old[rows] / scales[:, None], rtol=1e-15, atol=0)
+        expected_changes |= {f"{up_name.format(l=layer)}.{p}" for p, _ in up.named_parameters()}
+        expected_changes.add(f"{down_name.format(l=layer)}.weight")
+    assert changed == expected_changes
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in GATED])
+def test_preserve_function_refuses_a_non_gated_gelu_mlp(family):
+    """No scaling keeps a GELU MLP's function: an error that names the model type and activation."""
+    model = make_model(family)
+    with pytest.raises(ValueError, match=rf"preserve_function.*model_type='{family}'.*activation 'gelu"):
+        reactivate(model, coefficient_means(model, [_batch()]), 0.5, 2.0, preserve_function=True)
+
+
 def _hand_attribution(model, grads: dict[nn.Parameter, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(key, value)`` ``[n_layers, d_ff]``: squared norms of each neuron's gate and up rows
     (and bias entries) and of its down projection column, from ``grads`` by parameter, neuron by neuron."""

@@ -79,6 +79,26 @@ def test_ke_rises_for_q_1(family):
     assert report.ke_after == knowledge_entropy(report.means_after).total
 
 
+@pytest.mark.parametrize("family", ["llama", "opt"])  # gated; non-gated ReLU
+def test_preserve_function_changes_knowledge_entropy_but_not_the_logits(family):
+    """q = 1, p = 0.5 with ``preserve_function=True``: the logits stay (float32 rounding), KE rises
+    by a clear amount, and every layer's means are the old ones with the chosen neurons' multiplied
+    by their factors (later layers see the same inputs). Without it the logits move."""
+    model, batch = make_model(family), _batch(1)
+    modified, report = measure_reactivation(model, [batch], ratio=0.5, factor=1.0, preserve_function=True)
+    plain, _ = reactivate(model, report.means_before, 0.5, 1.0)
+    with torch.no_grad():
+        logits, kept_logits, moved = (m(**batch).logits for m in (model, modified, plain))
+    assert report.preserve_function
+    torch.testing.assert_close(kept_logits, logits, rtol=0, atol=1e-5)
+    assert float((moved - logits).abs().max()) > 1e-2
+    assert report.ke_after > report.ke_before + 0.03
+    expected = report.means_before.clone()
+    for layer, (rows, scales) in enumerate(zip(report.indices, report.scales)):
+        expected[layer, rows] *= scales
+    torch.testing.assert_close(report.means_after, expected, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("family", NON_GATED)
 def test_non_gated_is_flagged_approximate_unless_relu(family):
     model, batch = make_model(family), _batch()
@@ -190,6 +210,15 @@ def test_restore_brings_back_values_dtypes_and_tied_weights(family):
         restore(model, saved)
         assert _same(model, state)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_kept_gives_back_the_memory_vectors_preserve_function_changed():
+    model = make_model("opt")
+    state = _state(model)
+    with kept(model):
+        reactivate(model, coefficient_means(model, [_batch()]), 0.5, 3.0, inplace=True, preserve_function=True)
+        assert not torch.equal(model.model.decoder.layers[0].fc2.weight, state["model.decoder.layers.0.fc2.weight"])
+    assert _same(model, state)
 
 
 def test_kept_gives_the_model_back_after_an_exception_too():

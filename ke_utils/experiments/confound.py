@@ -71,7 +71,8 @@ def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: fl
     knowledge entropy on ``batches`` is ``target`` (nats) within ``tolerance``, with the factor q
     found by bisection in ``factors`` (KE rises with q over that range on the built-in family).
     Every attempt starts from the weights as given: the up projections (the only weights
-    reactivation changes) are kept in host memory meanwhile, so no copy of the model is made.
+    reactivation changes without ``preserve_function``) are kept in host memory meanwhile, so no
+    copy of the model is made.
     ``means``: ``model``'s coefficient means on ``batches`` if already measured. Returns ``(model,
     report, knowledge entropy reached)``, ``model`` reactivated with the best q; raises ValueError,
     ``model`` left as given, if ``target`` is not reachable."""

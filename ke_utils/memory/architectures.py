@@ -36,9 +36,10 @@ class Architecture:
     """Where one architecture keeps its MLP and how its forward pass behaves.
 
     layers: regex of a layer's module name (matched at a dot boundary), its one group the layer index.
-    down, up, gate: module names relative to a layer. ``down`` (``[d_ff] -> [d_model]``) has the
-    coefficient ``c`` as its input; ``up`` gives neuron j's linear factor; ``gate`` is None for a
-    non-gated MLP.
+    down, up, gate: module names relative to a layer. ``down`` (``[d_ff] -> [d_model]``, never fused)
+    has the coefficient ``c`` as its input: neuron j's memory vector is column j of a Linear's
+    ``[d_model, d_ff]`` weight, row j of a Conv1D's ``[d_ff, d_model]`` (GPT-2); its bias is one per
+    output, not per neuron. ``up`` gives neuron j's linear factor; ``gate`` is None for a non-gated MLP.
     head_on_hidden: the causal LM's logits are its output layer on the base model's last hidden
     states (then ``final_logit_softcapping`` if the config sets it), so the output layer may run
     on the needed positions only.

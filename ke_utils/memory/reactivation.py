@@ -10,6 +10,10 @@ its up half, the half :mod:`ke_utils.memory.architectures` names). In a gated ML
 (``c = act(fc(x))``) scaling row j of ``fc`` is exact only for ReLU; for GELU and the like it is
 an approximation, and a warning says so.
 
+``preserve_function=True`` also divides neuron j's memory vector (input j of the down projection)
+by ``s_j``: the model computes the same function (logits equal up to rounding) while its
+coefficients, and so its knowledge entropy, change. Only where the scaling is exact (gated or ReLU).
+
 Two controls the study did not run use the *same* factors on other neurons: ``select="random"``
 (as many neurons, chosen at random) and ``select="most"`` (the most-used neurons, the largest
 factor on the most-used one). They separate "more entropy" from "larger weights".
@@ -44,7 +48,8 @@ LARGE_FACTOR = 100.0  # factors above this are reported in the notes: they can d
 @dataclass
 class Reactivation:
     """What :func:`reactivate` did. ``indices[l]`` and ``scales[l]`` are the touched neurons of
-    layer l and their factors. :func:`measure_reactivation` fills ``ke_before`` / ``ke_after`` (nats)
+    layer l and their factors; ``preserve_function``: their memory vectors were divided by them.
+    :func:`measure_reactivation` fills ``ke_before`` / ``ke_after`` (nats)
     and the coefficient means they come from, ``means_before`` / ``means_after`` (``[n_layers, d_ff]``)."""
 
     ratio: float
@@ -54,6 +59,7 @@ class Reactivation:
     modules: list[str]
     indices: list[torch.Tensor]
     scales: list[torch.Tensor]
+    preserve_function: bool = False
     ke_before: float | None = None
     ke_after: float | None = None
     means_before: torch.Tensor | None = field(default=None, repr=False)
@@ -97,15 +103,19 @@ def up_projection_names(model: nn.Module, up_names: Sequence[str] | None = None)
     return [p.name for p in up_projections(model, up_names)]
 
 
+def _activation(model: nn.Module) -> str | None:
+    """The MLP activation the model's config names, if it names one."""
+    config = getattr(model, "config", None)
+    return getattr(config, "activation_function", None) or getattr(config, "hidden_act", None)
+
+
 def _is_exact(model: nn.Module, up_names: list[str]) -> bool:
     """Gated MLP (a sibling gate projection), or a ReLU MLP (positively homogeneous)."""
     modules = dict(model.named_modules())
     parent = modules[up_names[0].rpartition(".")[0]] if "." in up_names[0] else model
     if any("gate" in name for name, _ in parent.named_children()):
         return True
-    config = getattr(model, "config", None)
-    act = getattr(config, "activation_function", None) or getattr(config, "hidden_act", None)
-    return act == "relu"
+    return _activation(model) == "relu"
 
 
 def _select(a: torch.Tensor, k: int, select: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +129,19 @@ def _select(a: torch.Tensor, k: int, select: str, generator: torch.Generator) ->
     if select == "most":
         return order.flip(0)[: len(least)], factors
     return live[torch.randperm(len(live), generator=generator)[: len(least)]], factors
+
+
+@torch.no_grad()
+def _divide_inputs(module: nn.Module, inputs: torch.Tensor, scales: torch.Tensor) -> None:
+    """Divide the weights that read input units ``inputs`` of a Linear (weight ``[out, in]``: columns)
+    or Conv1D (``[in, out]``: rows) by ``scales``. The bias (one per output) stays."""
+    weight = module.weight
+    scales = scales.to(weight.device, torch.float64)
+    inputs = inputs.to(weight.device)
+    if isinstance(module, nn.Linear):
+        weight[:, inputs] = (weight[:, inputs].double() / scales[None, :]).to(weight.dtype)
+    else:
+        weight[inputs] = (weight[inputs].double() / scales[:, None]).to(weight.dtype)
 
 
 @torch.no_grad()
@@ -137,7 +160,8 @@ def _scale_rows(module: nn.Module, rows: torch.Tensor, scales: torch.Tensor) -> 
 
 def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: float, select: str = "least",
                inplace: bool = False, layers: list[int] | None = None, seed: int = 0,
-               up_names: Sequence[str] | None = None) -> tuple[nn.Module, Reactivation]:
+               up_names: Sequence[str] | None = None, preserve_function: bool = False
+               ) -> tuple[nn.Module, Reactivation]:
     """Scale the ``ratio`` least-used neurons of each layer by ``factor * mean(a_l) / a_l[j]``.
 
     means: ``[n_layers, d_ff]`` coefficient means of this model (:func:`coefficient_means`).
@@ -147,6 +171,9 @@ def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: floa
     The ``round(ratio * d_ff)`` lowest neurons are taken (ties by index): docs/method.md's
     ``a_l[j] <= quantile(a_l, p)`` up to ties, and the same count for the controls.
     Neurons never used (``a_l[j] = 0``) cannot be lifted by scaling and are not selected.
+    preserve_function: also divide input j of the down projection (``[d_ff] -> [d_model]``, the
+    coefficient modules) by ``s_j``, so the logits stay the same while ``c_j`` is scaled; a
+    ValueError for a non-gated MLP whose activation is not ReLU, where no such scaling is exact.
     Returns ``(model, report)``.
     """
     if not 0.0 <= float(ratio) <= 1.0:
@@ -161,9 +188,18 @@ def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: floa
         raise ValueError(f"means must be [n_layers={len(names)}, d_ff], got {tuple(means.shape)}")
     if not bool(torch.isfinite(means).all()) or bool((means < 0).any()):
         raise ValueError("means must be finite and non-negative (mean |c| per neuron)")
+    exact = _is_exact(model, names)
+    if preserve_function and not exact:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise ValueError(f"preserve_function=True needs a gated or ReLU MLP, but {type(model).__name__} "
+                         f"(model_type={model_type!r}) has a non-gated MLP with activation {_activation(model)!r}: "
+                         "act(s * z) != s * act(z), so scaling row j of the up projection and dividing the "
+                         "down projection's input j by s does not keep the function")
+    downs = find_coefficient_modules(model) if preserve_function else []
+    if preserve_function and len(downs) != len(names):
+        raise ValueError(f"{len(names)} up projections but {len(downs)} down projections: {downs}")
     target = model if inplace else copy.deepcopy(model)
     modules = dict(target.named_modules())
-    exact = _is_exact(target, names)
     if not exact:
         warnings.warn(f"{type(model).__name__} has a non-gated, non-ReLU MLP: scaling row j of the up projection "
                       "changes c_j only approximately (the activation is not linear)", stacklevel=2)
@@ -180,9 +216,12 @@ def reactivate(model: nn.Module, means: torch.Tensor, ratio: float, factor: floa
         if len(s) and float(s.max()) > LARGE_FACTOR:
             notes.append(f"layer {l}: very large factors (up to {float(s.max()):.0f}) on nearly unused neurons")
         _scale_rows(modules[name], rows + ups[l].start(a.numel()), s)
+        if preserve_function:
+            _divide_inputs(modules[downs[l]], rows, s)
         indices.append(rows)
         scales.append(s)
-    return target, Reactivation(float(ratio), float(factor), select, exact, names, indices, scales, notes=notes)
+    return target, Reactivation(float(ratio), float(factor), select, exact, names, indices, scales,
+                                preserve_function, notes=notes)
 
 
 def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -219,12 +258,15 @@ def kept(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
 
 def measure_reactivation(model: nn.Module, batches: list[dict], ratio: float, factor: float,
-                         select: str = "least", seed: int = 0, **kwargs) -> tuple[nn.Module, Reactivation]:
-    """Coefficient means of ``model`` on ``batches``, a reactivated copy, and the knowledge entropy
-    of both measured on the same batches (``report.ke_before``, ``report.ke_after``)."""
+                         select: str = "least", seed: int = 0, preserve_function: bool = False,
+                         **kwargs) -> tuple[nn.Module, Reactivation]:
+    """Coefficient means of ``model`` on ``batches``, a reactivated copy (``preserve_function`` as
+    for :func:`reactivate`), and the knowledge entropy of both measured on the same batches
+    (``report.ke_before``, ``report.ke_after``)."""
     batches = list(batches)
     means = coefficient_means(model, batches)
-    modified, report = reactivate(model, means, ratio, factor, select=select, seed=seed, **kwargs)
+    modified, report = reactivate(model, means, ratio, factor, select=select, seed=seed,
+                                  preserve_function=preserve_function, **kwargs)
     report.means_before, report.means_after = means, coefficient_means(modified, batches)
     report.ke_before = knowledge_entropy(report.means_before).total
     report.ke_after = knowledge_entropy(report.means_after).total
