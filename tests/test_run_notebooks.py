@@ -101,7 +101,7 @@ def test_bad_arguments_end_with_one_line_and_nothing_runs(tmp_path, monkeypatch,
     exit status 2, no family built and no notebook run."""
     nbformat.write(notebook(parameters="SEEDS = [0]\nPRETRAIN_SEED = 0"), tmp_path / "01_a.ipynb")
     nbformat.write(notebook(parameters="FULL = False"), tmp_path / "02_b.ipynb")
-    monkeypatch.setattr(run_notebooks, "builtin_family", lambda name: pytest.fail("built a family"))
+    monkeypatch.setattr(run_notebooks, "builtin_families", lambda names: pytest.fail("built a family"))
     monkeypatch.setattr(run_notebooks, "run", lambda *a: pytest.fail("ran a notebook"))
 
     def error(*argv) -> str:
