@@ -287,6 +287,8 @@ def plot_lr_sweep(differences: pd.DataFrame, peaks: pd.Series, labels: dict[str,
                     marker="o", capsize=3)
         ax.axhline(0, color="0.5", linestyle=":")
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(rows["peak"], [f"{peak:g}" for peak in rows["peak"]])
         ax.set_xlabel("peak LR of continued training (study protocol)")
         ax.set_ylabel("late minus early", fontsize=8)
         ax.set_title(label, fontsize=10)
