@@ -269,15 +269,10 @@ def lr_sweep(subjects: Sequence[Subject], setup: KnowledgeSetup, stream_config: 
 
 
 MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest on: nats, beyond the controls' gain
-# Continuous measures of forgetting (nats), next to F, whose exact match has a floor near the chance of guessing a value
-CONTINUOUS = ("retention_logprob_change", "heldout_loss_change")
-
-
-def continuous_claims(columns) -> list[tuple[str, str]]:
-    """``(column, what a late checkpoint that forgets more does)`` for the continuous measures present."""
-    what = {"retention_logprob_change": "loses more log-probability on the facts it knew",
-            "heldout_loss_change": "raises its held-out loss more (the study's general-capability side)"}
-    return [(c, what[c]) for c in columns]
+# Continuous measures of forgetting (nats), next to F, whose exact match has a floor near the chance
+# of guessing a value: column -> (what a late checkpoint that forgets more does, +1 where higher is worse)
+CONTINUOUS = {"retention_logprob_change": ("loses more log-probability on the facts it knew", -1),
+              "heldout_loss_change": ("raises its held-out loss more (the study's general-capability side)", +1)}
 
 
 def findings(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> dict[str, Finding]:
@@ -290,7 +285,7 @@ def findings(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> 
     exact match cannot fall below the chance of guessing a value. Means over all seeds. Per protocol and contrast family: does the late checkpoint acquire less,
     forget more, both (finding 2)? For the causal test: does raising the late checkpoint's KE move
     it toward the early one (and does the random-neuron control, when it ran)?"""
-    continuous = [c for c in CONTINUOUS if c in results]
+    continuous = {c: claim for c, claim in CONTINUOUS.items() if c in results}
     mean = results.groupby(["label", "step"])[[MEASURE, "forgetting", *continuous]].mean()
     early, late = results["step"].min(), results["step"].max()
     causal = ("reactivated", "random neurons")
@@ -304,8 +299,8 @@ def findings(results: pd.DataFrame, min_gain_diff: float, min_f_diff: float) -> 
         out[f"'{label}': the late checkpoint acquires less"] = Finding(less, drop)
         out[f"'{label}': the late checkpoint forgets more"] = Finding(more, rise)
         out[f"'{label}': finding 2 holds, the late checkpoint acquires less and forgets more"] = Finding(less and more)
-        for column, what in continuous_claims(continuous):
-            worse = (l[column] - e[column]) * (1 if column == "heldout_loss_change" else -1)
+        for column, (what, sign) in continuous.items():
+            worse = sign * (l[column] - e[column])
             out[f"'{label}': the late checkpoint {what} (by > {min_gain_diff} nats)"] = Finding(bool(worse > min_gain_diff), worse)
     for name, label in (("raising the late checkpoint's KE to the early one's", "reactivated"),
                         ("the same factor on random neurons (control)", "random neurons")):

@@ -76,9 +76,10 @@ def summarize(attribution: Attribution, fraction: float = TOP) -> dict:
     with the most-used ones (mean top-k Jaccard over layers, and its chance level), the rank
     agreement of use and key change, and the shares of each that land on the least-used half."""
     a = attribution
+    used = top_k_jaccard(a.usage, a.key_change, fraction)  # its chance level is every overlap's: same k, same d_ff
 
-    def overlap(mass: torch.Tensor) -> float:
-        return float(top_k_jaccard(a.usage, mass, fraction).jaccard.mean())
+    def overlap(mass: torch.Tensor, first: torch.Tensor | None = None) -> float:
+        return float(top_k_jaccard(a.usage if first is None else first, mass, fraction).jaccard.mean())
 
     return {"ke": knowledge_entropy(a.usage).normalized,
             "update_entropy": update_entropy(a.key_change).normalized,
@@ -86,12 +87,12 @@ def summarize(attribution: Attribution, fraction: float = TOP) -> dict:
             "value_update_entropy": update_entropy(a.value_change).normalized,
             "value_gradient_entropy": update_entropy(a.value_grad).normalized,
             "injected_entropy": update_entropy(a.injected).normalized,
-            "used_updated_jaccard": overlap(a.key_change),
+            "used_updated_jaccard": float(used.jaccard.mean()),
             "used_gradient_jaccard": overlap(a.key_grad),
             "used_value_updated_jaccard": overlap(a.value_change),
             "used_value_gradient_jaccard": overlap(a.value_grad),
-            "injected_updated_jaccard": float(top_k_jaccard(a.injected, a.key_change, fraction).jaccard.mean()),
-            "chance_jaccard": top_k_jaccard(a.usage, a.key_change, fraction).chance,
+            "injected_updated_jaccard": overlap(a.key_change, a.injected),
+            "chance_jaccard": used.chance,
             "used_updated_rank": float(rank_agreement(a.usage, a.key_change).mean()),
             "least_used_update_share": least_used_share(a.usage, a.key_change),
             "least_used_gradient_share": least_used_share(a.usage, a.key_grad),
