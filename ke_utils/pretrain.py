@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
 import shutil
@@ -226,17 +225,23 @@ def _build_locked(config: FamilyConfig, root: Path | None, progress: bool, force
     return final
 
 
-def _build_on_one_thread(config: FamilyConfig, root: Path | None) -> None:
-    """:func:`_build_locked` in a fresh Python process with one CPU thread; it imports ``ke_utils``
-    first, so it runs the pinned CPU kernels (and, unlike ``spawn``, it does not re-run ``__main__``)."""
-    code = ("import pickle, sys; from ke_utils import pretrain; pretrain.torch.set_num_threads(1); "
-            "pretrain._build_locked(*pickle.load(sys.stdin.buffer), progress=False)")
+def _in_fresh_process(function: str, args: tuple, what: str, threads: int | None = None) -> None:
+    """``pretrain.<function>(*args)`` in a fresh Python process (``threads`` CPU threads if given).
+    It imports ``ke_utils`` first, so it runs the pinned CPU kernels, and, unlike ``spawn``, it
+    does not re-run the caller's ``__main__``. ``what``: the family, for the error message."""
+    set_threads = f"pretrain.torch.set_num_threads({threads}); " if threads else ""
+    code = (f"import pickle, sys; from ke_utils import pretrain; {set_threads}"
+            f"pretrain.{function}(*pickle.load(sys.stdin.buffer))")
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    process = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((config, root)), env=env)
+    process = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(args), env=env)
     if process.returncode != 0:
-        raise RuntimeError(f"building {family_dir(config, root).name} in a separate process failed "
-                           f"(exit code {process.returncode})")
+        raise RuntimeError(f"building {what} in a separate process failed (exit code {process.returncode})")
+
+
+def _build_on_one_thread(config: FamilyConfig, root: Path | None) -> None:
+    """:func:`_build_locked` in a fresh process with one CPU thread (:func:`_in_fresh_process`)."""
+    _in_fresh_process("_build_locked", (config, root, False), family_dir(config, root).name, threads=1)
 
 
 def _build(config: FamilyConfig, final: Path, progress: bool) -> None:
@@ -272,14 +277,10 @@ def _build(config: FamilyConfig, final: Path, progress: bool) -> None:
 
 
 def _build_in_fresh_process(config: FamilyConfig, final: Path, progress: bool) -> None:
-    """:func:`_build` in a new Python process (``spawn``), which pins its CPU kernels on import."""
+    """:func:`_build` in a fresh process (:func:`_in_fresh_process`), which pins its CPU kernels on import."""
     print(f"this process already chose {cpu_capability()} CPU kernels: building {final.name} in a fresh "
           "process with the pinned ones (its progress goes to the terminal)", flush=True)
-    process = multiprocessing.get_context("spawn").Process(target=_build, args=(config, final, progress))
-    process.start()
-    process.join()
-    if process.exitcode != 0:
-        raise RuntimeError(f"building {final.name} in a fresh process failed (exit code {process.exitcode})")
+    _in_fresh_process("_build", (config, final, progress), final.name)
 
 
 def resume_pretraining(checkpoint: Checkpoint, config: FamilyConfig, until: int, folder: Path,
