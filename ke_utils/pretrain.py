@@ -60,21 +60,38 @@ class FamilyConfig:
     steps: int = 1200
     lr: float = 3e-3
     warmup: int = 50
-    schedule: str = "constant"  # "constant" (after warmup) or "cosine" (to 0.1 x lr)
+    schedule: str = "constant"  # "constant" (after warmup), "cosine" (to 0.1 x lr) or "wsd" (constant, then linear to 0.1 x)
     weight_decay: float = 1.0
     betas: tuple[float, float] = (0.9, 0.95)
     seed: int = 0
     checkpoint_steps: tuple[int, ...] = (0, 15, 30, 60, 120, 200, 300, 450, 600, 800, 1000, 1200)
+    decay_steps: int = 0  # "wsd" only: the last updates, over which the LR decays
 
     def __post_init__(self):
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', not {self.schedule!r}")
+        if self.schedule not in ("constant", "cosine", "wsd"):
+            raise ValueError(f"schedule must be 'constant', 'cosine' or 'wsd', not {self.schedule!r}")
+        if (self.schedule == "wsd") != (self.decay_steps > 0):
+            raise ValueError(f"decay_steps ({self.decay_steps}) must be positive with schedule 'wsd' and 0 otherwise")
+        if self.schedule == "wsd" and self.steps - self.decay_steps not in self.checkpoint_steps:
+            raise ValueError(f"a 'wsd' family branches from its constant-LR twin at step {self.steps - self.decay_steps}, "
+                             f"which must be one of checkpoint_steps {self.checkpoint_steps}")
         bad = [s for s in self.checkpoint_steps if not 0 <= s <= self.steps]
         if bad or list(self.checkpoint_steps) != sorted(set(self.checkpoint_steps)):
             raise ValueError(f"checkpoint_steps must be increasing and within [0, {self.steps}]: {self.checkpoint_steps}")
 
     def key(self) -> str:
-        return config_key({"version": BUILD_VERSION, **dataclasses.asdict(self)})
+        fields = dataclasses.asdict(self)
+        if not self.decay_steps:  # added later: families without a decay keep their keys (and cached folders)
+            del fields["decay_steps"]
+        return config_key({"version": BUILD_VERSION, **fields})
+
+    def branch_point(self) -> tuple[FamilyConfig, int] | None:
+        """A ``"wsd"`` family's constant-LR twin and the step where they part (the start of the
+        decay): the twin's updates up to that step are this family's, number for number. None
+        for the other schedules."""
+        if self.schedule != "wsd":
+            return None
+        return dataclasses.replace(self, schedule="constant", decay_steps=0), self.steps - self.decay_steps
 
 
 FAMILIES: dict[str, FamilyConfig] = {
@@ -85,6 +102,10 @@ FAMILIES: dict[str, FamilyConfig] = {
     # The over-trained family with the shape of OLMo's schedule (warmup, cosine to 0.1 x over the
     # whole run): its checkpoints sit at different learning rates, as the study's did.
     "decayed": FamilyConfig(schedule="cosine"),
+    # The over-trained family annealed: constant LR to step 1,000, then linear to 0.1 x by 1,200
+    # (warmup-stable-decay). Its last checkpoint has about the constant family's knowledge entropy
+    # and a tenth of its LR: notebook 05 compares the two (built from the constant family's step 1,000).
+    "annealed": FamilyConfig(schedule="wsd", decay_steps=200),
 }
 # Reference digests of the families the notebooks use, built with the pinned CPU kernels.
 FINGERPRINTS = Path(__file__).resolve().parents[1] / "data" / "family_fingerprints.json"
@@ -147,13 +168,15 @@ def make_model(config: FamilyConfig, tokenizer):
 
 def scheduler(opt: torch.optim.Optimizer, config: FamilyConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """The family's schedule (:func:`~ke_utils.training.lr_schedule`): linear warmup over
-    ``warmup`` steps, then constant, or cosine to ``0.1 x lr`` at ``steps`` (the shape of OLMo's)."""
-    return lr_schedule(opt, config.warmup, config.steps, config.schedule, final_ratio=0.1)
+    ``warmup`` steps, then constant, or cosine to ``0.1 x lr`` at ``steps`` (the shape of OLMo's),
+    or constant and linear to ``0.1 x lr`` over the last ``decay_steps``."""
+    return lr_schedule(opt, config.warmup, config.steps, config.schedule, final_ratio=0.1, decay_steps=config.decay_steps)
 
 
 def pretraining_lr(config: FamilyConfig, step: int) -> float:
     """The learning rate the schedule gives after ``step`` updates (the one update ``step + 1`` uses)."""
-    return lr_at(step, config.lr, config.warmup, config.steps, config.schedule, final_ratio=0.1)
+    return lr_at(step, config.lr, config.warmup, config.steps, config.schedule, final_ratio=0.1,
+                 decay_steps=config.decay_steps)
 
 
 def _save(model, tokenizer, folder: Path, opt, sched, gen: torch.Generator, step: int) -> None:
@@ -250,30 +273,53 @@ def _build(config: FamilyConfig, final: Path, progress: bool) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     start = time.perf_counter()
-    corpus = pretraining_corpus(generate_world(config.world), config.n_train_docs, config.n_heldout_docs)
-    atomic_write_text(tmp / "texts.json", json.dumps(corpus))
-    tokenizer = train_tokenizer(corpus["train"], config.vocab_size)
-    data = pack(tokenizer, corpus["train"], config.seq_len)
-    model = make_model(config, tokenizer)
-    opt = optimizer(model, config.lr, config.weight_decay, config.betas)
-    sched = scheduler(opt, config)
-    gen = torch.Generator().manual_seed(config.seed)
-    if 0 in config.checkpoint_steps:
-        _save(model, tokenizer, tmp / "step0", opt, sched, gen, 0)
-    log = _pretrain(model, tokenizer, data, config, opt, sched, gen, range(1, config.steps + 1), tmp, progress)
+    if config.branch_point():
+        log, tokens, parameters = _branch_from_twin(config, tmp, final.parent, progress)
+    else:
+        corpus = pretraining_corpus(generate_world(config.world), config.n_train_docs, config.n_heldout_docs)
+        atomic_write_text(tmp / "texts.json", json.dumps(corpus))
+        tokenizer = train_tokenizer(corpus["train"], config.vocab_size)
+        data = pack(tokenizer, corpus["train"], config.seq_len)
+        model = make_model(config, tokenizer)
+        opt = optimizer(model, config.lr, config.weight_decay, config.betas)
+        sched = scheduler(opt, config)
+        gen = torch.Generator().manual_seed(config.seed)
+        if 0 in config.checkpoint_steps:
+            _save(model, tokenizer, tmp / "step0", opt, sched, gen, 0)
+        log = _pretrain(model, tokenizer, data, config, opt, sched, gen, range(1, config.steps + 1), tmp, progress)
+        tokens, parameters = int(data.numel()), sum(p.numel() for p in model.parameters())
     info = {
         "config": dataclasses.asdict(config),
         "key": config.key(),
         "build_seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(),
-        "train_tokens": int(data.numel()),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_tokens": tokens,
+        "parameters": parameters,
         "environment": environment(),
         "log": log,
     }
     atomic_write_text(tmp / "family.json", json.dumps(info))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+
+
+def _branch_from_twin(config: FamilyConfig, tmp: Path, root: Path, progress: bool) -> tuple[dict, int, int]:
+    """A ``"wsd"`` family in ``tmp``: its constant-LR twin (built first if missing) copied up to the
+    branch step, then pretrained on from there with the decay (:func:`resume_pretraining`: the
+    same updates as a build from scratch, which the twin's first steps are). Returns the whole
+    log, the corpus's token count and the parameter count, as the twin recorded them."""
+    twin, step = config.branch_point()
+    source = _build_locked(twin, root, progress)
+    shutil.copy2(source / "texts.json", tmp / "texts.json")
+    for s in config.checkpoint_steps:
+        if s <= step:
+            shutil.copytree(source / f"step{s}", tmp / f"step{s}")
+    twin_info = json.loads((source / "family.json").read_text())
+    branch = next(c for c in local_checkpoints(tmp) if c.step == step)
+    tail = resume_pretraining(branch, config, config.steps, tmp, progress=progress)
+    log = {k: [v for s, v in zip(twin_info["log"]["step"], values) if s <= step] + tail[k]
+           for k, values in twin_info["log"].items()}
+    return log, twin_info["train_tokens"], twin_info["parameters"]
 
 
 def _build_in_fresh_process(config: FamilyConfig, final: Path, progress: bool) -> None:
@@ -284,23 +330,24 @@ def _build_in_fresh_process(config: FamilyConfig, final: Path, progress: bool) -
 
 
 def resume_pretraining(checkpoint: Checkpoint, config: FamilyConfig, until: int, folder: Path,
-                       root: Path | None = None, progress: bool = False) -> Path:
+                       progress: bool = False) -> dict:
     """Continue the family's pretraining from a built-in ``checkpoint`` (its weights, AdamW state,
-    schedule and data order) up to step ``until``, saving the family's checkpoints on the way
-    into ``folder``; the same updates as the uninterrupted run. Returns ``folder``."""
+    schedule position and data order; the corpus of the family folder it sits in) up to step
+    ``until`` under ``config``'s schedule, saving the family's checkpoints on the way into
+    ``folder``. Under the schedule it was built with, these are the same updates as the
+    uninterrupted run. Returns the log of the new updates (step, loss, lr)."""
     step = trainer_state(checkpoint)["global_step"]
     if not step < until <= config.steps:
         raise ValueError(f"until must be in ({step}, {config.steps}], got {until}")
-    texts = builtin_texts("train", None, config, root)
+    texts = json.loads((Path(checkpoint.path).parent / "texts.json").read_text())["train"]
     tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint.path)
     model = LlamaForCausalLM.from_pretrained(checkpoint.path, use_safetensors=True)
     opt = optimizer(model, config.lr, config.weight_decay, config.betas)
     sched = scheduler(opt, config)
     gen = torch.Generator()
     load_training_state(checkpoint, opt, sched, gen)
-    _pretrain(model, tokenizer, pack(tokenizer, texts, config.seq_len), config, opt, sched, gen,
-              range(step + 1, until + 1), Path(folder), progress)
-    return Path(folder)
+    return _pretrain(model, tokenizer, pack(tokenizer, texts, config.seq_len), config, opt, sched, gen,
+                     range(step + 1, until + 1), Path(folder), progress)
 
 
 _CHECKED: set[Path] = set()  # cached families compared with their reference digest in this process

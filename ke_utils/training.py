@@ -9,28 +9,39 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
-from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup, get_wsd_schedule
 
-SHAPES = ("constant", "cosine")
+SHAPES = ("constant", "cosine", "wsd")
 
 
 def lr_schedule(opt: torch.optim.Optimizer, warmup: int, total: int, shape: str = "cosine",
-                final_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+                final_ratio: float = 0.1, decay_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over ``warmup`` updates to ``opt``'s learning rate, then constant (``shape =
-    "constant"``) or cosine decay to ``final_ratio`` x it at update ``total`` (``"cosine"``: the
-    shape of OLMo's schedule, of the ``decayed`` family and of the study's continued training)."""
+    "constant"``), cosine decay to ``final_ratio`` x it at update ``total`` (``"cosine"``: the
+    shape of OLMo's schedule, of the ``decayed`` family and of the study's continued training), or
+    constant and then a linear decay to ``final_ratio`` x it over the last ``decay_steps`` updates
+    (``"wsd"``, warmup-stable-decay: the ``annealed`` family; its warmup and stable part are the
+    ``"constant"`` schedule's, number for number)."""
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {SHAPES}, not {shape!r}")
+    if (shape == "wsd") != (0 < decay_steps <= total - warmup):
+        raise ValueError(f"decay_steps ({decay_steps}) must be in [1, total - warmup] for 'wsd' and 0 otherwise")
     if shape == "constant":
         return get_constant_schedule_with_warmup(opt, warmup)
-    return get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, total, min_lr_rate=final_ratio)
+    if shape == "cosine":
+        return get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, total, min_lr_rate=final_ratio)
+    stable = get_constant_schedule_with_warmup(opt, warmup).lr_lambdas[0]
+    decay = get_wsd_schedule(opt, warmup, decay_steps, total, decay_type="linear", min_lr_ratio=final_ratio).lr_lambdas[0]
+    start = total - decay_steps  # transformers' warmup starts at final_ratio, so only its decay is used
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: stable(step) if step < start else decay(step))
 
 
-def lr_at(step: int, peak: float, warmup: int, total: int, shape: str = "cosine", final_ratio: float = 0.1) -> float:
+def lr_at(step: int, peak: float, warmup: int, total: int, shape: str = "cosine", final_ratio: float = 0.1,
+          decay_steps: int = 0) -> float:
     """The learning rate :func:`lr_schedule` gives after ``step`` updates (the one update
     ``step + 1`` uses), for a peak of ``peak``; past ``total`` it stays at the end value."""
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
-    return peak * lr_schedule(probe, warmup, total, shape, final_ratio).lr_lambdas[0](min(step, total))
+    return peak * lr_schedule(probe, warmup, total, shape, final_ratio, decay_steps).lr_lambdas[0](min(step, total))
 
 
 def optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:

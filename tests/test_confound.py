@@ -158,6 +158,28 @@ def test_stage_differences_per_pretraining_seed_with_a_t_interval():
     assert gain.low == pytest.approx(-0.3 - half, rel=1e-6) and gain.high == pytest.approx(-0.3 + half, rel=1e-6)
 
 
+def test_anneal_experiment_holds_ke_and_changes_the_lr_history(tmp_path):
+    """The annealed twin's last checkpoint sits at a tenth of the constant one's LR, so 'study'
+    re-warms it 10x and the constant one 1x; the differences are annealed minus constant."""
+    constant = dataclasses.replace(MINI, steps=6, warmup=1, checkpoint_steps=(0, 3, 6))
+    annealed = dataclasses.replace(constant, schedule="wsd", decay_steps=3)
+    texts = builtin_texts("heldout", 10, constant, tmp_path)
+    pair = (Subject("builtin:c", builtin_family(constant, tmp_path, progress=False)[1:], texts, "c"),
+            Subject("builtin:a", builtin_family(annealed, tmp_path, progress=False)[-1:], texts, "a"))
+    setup = builtin_setup(constant, n_background=60, n_heldout=10, root=tmp_path)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
+    results = confound.anneal_experiment([pair], setup, stream, TrainConfig(lr=constant.lr, warmup=1), progress=False)
+    assert list(zip(results.label, results.step)) == [("constant LR (study)", 3), ("constant LR (study)", 6),
+                                                      ("annealed (study)", 6), ("annealed (matched)", 6)]
+    assert results["lr_jump"].tolist() == pytest.approx([1, 1, 10, 1])
+    table = confound.anneal_differences(results, [MEASURE]).set_index(["contrast", "measure"])["difference"]
+    by_label = results.set_index(["label", "step"])
+    assert table[("annealed minus constant LR, late, under study", MEASURE)] == pytest.approx(
+        by_label.loc[("annealed (study)", 6), MEASURE] - by_label.loc[("constant LR (study)", 6), MEASURE])
+    assert table[("constant LR: late minus early, under study", "KE (normalised)")] == pytest.approx(
+        by_label.loc[("constant LR (study)", 6), "normalized"] - by_label.loc[("constant LR (study)", 3), "normalized"])
+
+
 def test_lr_sweep_runs_the_study_protocol_at_every_peak(family):
     """Each peak trains the first and last checkpoint under 'study' exactly as protocol_experiment
     does at that peak; the late checkpoint's jump grows with the peak."""

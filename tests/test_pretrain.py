@@ -87,14 +87,17 @@ def test_bad_arguments():
         builtin_texts("validation", 3, MINI)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "wsd"])
 def test_each_checkpoint_records_the_schedules_learning_rate(tmp_path, schedule):
-    config = dataclasses.replace(MINI, schedule=schedule, warmup=2, steps=6, checkpoint_steps=(0, 1, 3, 6))
+    config = dataclasses.replace(MINI, schedule=schedule, warmup=2, steps=6, checkpoint_steps=(0, 1, 3, 6),
+                                 decay_steps=3 if schedule == "wsd" else 0)
     ckpts = builtin_family(config, root=tmp_path, progress=False)
 
-    def by_hand(step: int) -> float:  # warmup from 0, then constant, or cosine to 0.1 x lr at step 6
+    def by_hand(step: int) -> float:  # warmup from 0, then constant, cosine to 0.1 x lr at step 6, or linear from step 3
         if step < 2:
             return config.lr * step / 2
+        if schedule == "wsd":
+            return config.lr * (1 - 0.9 * max(0, step - 3) / 3)
         return config.lr if schedule == "constant" else config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - 2) / 4)))
 
     for ckpt in ckpts:
@@ -108,10 +111,30 @@ def test_each_checkpoint_records_the_schedules_learning_rate(tmp_path, schedule)
         assert checkpoints.trainer_state(ckpts[-1])["learning_rate"] == pytest.approx(0.1 * config.lr)
 
 
+def test_annealed_family_branches_from_its_constant_twin_bit_identically(mini_root, tmp_path, monkeypatch):
+    annealed = dataclasses.replace(MINI, schedule="wsd", decay_steps=3)
+    assert annealed.branch_point() == (MINI, 3) and MINI.branch_point() is None
+    assert MINI.key() == family_dir(MINI, mini_root).name.removeprefix("family-")  # the new field left old keys alone
+    branched = builtin_family(annealed, root=mini_root, progress=False)  # from the cached twin's step 3
+    monkeypatch.setattr(FamilyConfig, "branch_point", lambda self: None)
+    straight = builtin_family(annealed, root=tmp_path, progress=False)  # every update from step 0
+    for a, b in zip(branched, straight, strict=True):
+        x, y = (load_file(str(Path(c.path) / "model.safetensors")) for c in (a, b))
+        assert a.step == b.step and all(torch.equal(x[k], y[k]) for k in y)
+    twin_last = load_file(str(family_dir(MINI, mini_root) / "step6" / "model.safetensors"))
+    assert any(not torch.equal(twin_last[k], x[k]) for k in x)  # the decay changed the last updates
+    log = pretrain.family_info(annealed, mini_root)["log"]
+    assert log["step"] == list(range(1, 7)) and log == pretrain.family_info(annealed, tmp_path)["log"]
+    with pytest.raises(ValueError, match="decay_steps"):
+        FamilyConfig(schedule="wsd")
+    with pytest.raises(ValueError, match="branches"):
+        dataclasses.replace(MINI, schedule="wsd", decay_steps=2)  # step 4 is no checkpoint
+
+
 def test_resumed_pretraining_continues_bit_identically(mini_root, tmp_path):
     ckpts = builtin_family(MINI, root=mini_root)
     middle, last = ckpts[1], ckpts[2]  # steps 3 and 6
-    pretrain.resume_pretraining(middle, MINI, until=6, folder=tmp_path, root=mini_root)
+    pretrain.resume_pretraining(middle, MINI, until=6, folder=tmp_path)
     resumed = load_file(str(tmp_path / "step6" / "model.safetensors"))
     straight = load_file(str(Path(last.path) / "model.safetensors"))
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
@@ -121,7 +144,7 @@ def test_resumed_pretraining_continues_bit_identically(mini_root, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(middle.path)
     opt = optimizer(model, MINI.lr, MINI.weight_decay, MINI.betas)
     with pytest.raises(ValueError, match="until"):
-        pretrain.resume_pretraining(middle, MINI, until=3, folder=tmp_path, root=mini_root)
+        pretrain.resume_pretraining(middle, MINI, until=3, folder=tmp_path)
     pretrain.load_training_state(middle, opt)  # the moments of step 3, not fresh zeros
     saved = torch.load(Path(middle.path) / "optimizer.pt", weights_only=True)["state"]
     assert all(torch.equal(opt.state_dict()["state"][i]["exp_avg"], saved[i]["exp_avg"]) for i in saved)

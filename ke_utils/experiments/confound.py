@@ -268,6 +268,48 @@ def lr_sweep(subjects: Sequence[Subject], setup: KnowledgeSetup, stream_config: 
     return pd.concat(results, ignore_index=True), pd.concat(logs, ignore_index=True)
 
 
+def anneal_experiment(pairs: Sequence[tuple[Subject, Subject]], setup: KnowledgeSetup, stream_config: StreamConfig,
+                      train_config: TrainConfig, seeds: Sequence[int] = (0,), device: str = "cpu",
+                      progress: bool = True) -> pd.DataFrame:
+    """Knowledge entropy held, LR history changed. Each pair is one pretraining seed: the
+    constant-LR family (``overtrained``, its early and late stages), trained further under
+    ``study``, and the ``annealed`` family (the same run with its LR decayed linearly to 0.1 x over
+    the last 200 steps, its last stage) under ``study`` and ``matched``. The two late checkpoints
+    have nearly the same KE, and ``study`` re-warms the annealed one 10x and the constant one not
+    at all. Rows of :func:`protocol_experiment` with ``label`` (``"constant LR (study)"``,
+    ``"annealed (study)"``, ``"annealed (matched)"``), ``subject``, ``pretrain_seed`` (index of
+    the pair) and ``normalized`` (starting KE on the subject's texts)."""
+    rows = []
+    for index, (constant, annealed) in enumerate(tqdm(pairs, desc="anneal: pretraining seeds", disable=not progress)):
+        for subject, protocols, name in ((constant, ("study",), "constant LR"), (annealed, ("study", "matched"), "annealed")):
+            result, _ = protocol_experiment(subject.checkpoints, setup, stream_config, train_config, protocols, seeds,
+                                            device=device, progress=False)
+            ke = stage_table([subject])[["step", "normalized"]]
+            rows.append(result.merge(ke, on="step").assign(
+                label=result["protocol"].map(lambda p, name=name: f"{name} ({p})"), subject=subject.name,
+                pretrain_seed=index))
+    return pd.concat(rows, ignore_index=True)
+
+
+def anneal_differences(results: pd.DataFrame, columns: Sequence[str], confidence: float = 0.95) -> pd.DataFrame:
+    """From rows of :func:`anneal_experiment`: per pretraining seed (mean over data orders), the
+    annealed late checkpoint minus the constant-LR one, both under ``study`` (same KE, same
+    continued-training LR, different LR history), and the constant family's late minus early
+    (KE falls, no LR jump); mean over seeds with a Student-t interval, ``n`` seeds. Also the KE gap."""
+    late, early = results["step"].max(), results["step"].min()
+    per_seed = results.groupby(["label", "step", "pretrain_seed"])[["normalized", *columns]].mean()
+    contrasts = {"annealed minus constant LR, late, under study": (("annealed (study)", late), ("constant LR (study)", late)),
+                 "constant LR: late minus early, under study": (("constant LR (study)", late), ("constant LR (study)", early))}
+    rows = []
+    for name, (a, b) in contrasts.items():
+        diff = per_seed.loc[a] - per_seed.loc[b]
+        for column in ["normalized", *columns]:
+            mean, low, high = mean_interval(diff[column].dropna(), confidence)
+            rows.append({"contrast": name, "measure": "KE (normalised)" if column == "normalized" else column,
+                         "difference": mean, "low": low, "high": high, "n": int(diff[column].notna().sum())})
+    return pd.DataFrame(rows)
+
+
 MEASURE = "gain_beyond_control_paraphrase_mem"  # what acquisition claims rest on: nats, beyond the controls' gain
 # Continuous measures of forgetting (nats), next to F, whose exact match has a floor near the chance
 # of guessing a value: column -> (what a late checkpoint that forgets more does, +1 where higher is worse)
