@@ -292,17 +292,19 @@ def continue_training(
 
 def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: StreamConfig,
                        train_config: TrainConfig, eval_every: int = 0, progress: bool = False,
-                       checkpoint: Checkpoint | None = None, scale: ScaleConfig = ScaleConfig()) -> pd.DataFrame:
+                       checkpoint: Checkpoint | None = None, scale: ScaleConfig = ScaleConfig(),
+                       measure: Callable[[object], dict] | None = None) -> pd.DataFrame:
     """Continued training of ``model`` (in place) on the stream of ``setup``; the evaluation log
     (step 0 = before, after every ``eval_every``-th injection round if > 0, and at the end).
     ``checkpoint``: where ``model`` was loaded from (``matched``, ``resumed``); ``scale``:
-    micro-batches and gradient checkpointing (default: whole batches)."""
+    micro-batches and gradient checkpointing (default: whole batches); ``measure(model)``: more
+    numbers for every evaluation row (e.g. the knowledge entropy, to track it during training)."""
     stream = build_stream(tokenizer, setup.background, setup.paraphrase, setup.once, stream_config)
     rounds = [r * stream_config.interval for r in range(eval_every, stream_config.rounds, eval_every)] if eval_every else []
     full = evaluator(tokenizer, setup)
 
     def evaluate(m, step: int) -> dict:  # retention and LM loss only before and at the end
-        return full(m, step, with_retention=step in (0, len(stream.batches)))
+        return {**full(m, step, with_retention=step in (0, len(stream.batches))), **(measure(m) if measure else {})}
 
     return continue_training(model, stream, train_config, evaluate, rounds, progress, checkpoint, scale)
 

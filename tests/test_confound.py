@@ -158,6 +158,28 @@ def test_stage_differences_per_pretraining_seed_with_a_t_interval():
     assert gain.low == pytest.approx(-0.3 - half, rel=1e-6) and gain.high == pytest.approx(-0.3 + half, rel=1e-6)
 
 
+def test_function_kept_doses_move_ke_both_ways_and_leave_the_logits(family):
+    ckpts, root = family
+    setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
+    texts = builtin_texts("heldout", 10, COSINE, root)
+    tokenizer = AutoTokenizer.from_pretrained(ckpts[-1].path)
+    own = knowledge_entropy(coefficient_means(load_checkpoint(ckpts[-1]), text_batches(tokenizer, texts))).normalized
+    targets = [None, own - 0.002, own + 0.002]
+    results, logs = confound.function_kept_doses(ckpts[-1], targets, setup, stream, TrainConfig(lr=3e-3, warmup=1),
+                                                 texts, eval_every=1)
+    assert results["label"].tolist() == ["unmodified", f"KE set to {own - 0.002:.3f}", f"KE set to {own + 0.002:.3f}"]
+    assert results["normalized"].tolist() == pytest.approx([own, own - 0.002, own + 0.002], abs=2e-4)
+    assert results["factor"].iloc[1] < results["factor"].iloc[2]  # q sets the least-used to q x the mean: higher, higher KE
+    assert (results["logit_change"] < 1e-4).all()  # the function kept (float32 rounding)
+    for label, group in logs.groupby("label"):
+        row = results.set_index("label").loc[label]
+        assert len(group) == 3 and group["ke_normalized"].iloc[0] == pytest.approx(row.normalized, abs=1e-6)
+        assert group["ke_normalized"].iloc[-1] == pytest.approx(row.normalized_after)
+    unmodified = results.iloc[0]
+    assert unmodified.logit_change == 0 and math.isnan(unmodified.factor)
+
+
 def test_anneal_experiment_holds_ke_and_changes_the_lr_history(tmp_path):
     """The annealed twin's last checkpoint sits at a tenth of the constant one's LR, so 'study'
     re-warms it 10x and the constant one 1x; the differences are annealed minus constant."""

@@ -26,6 +26,7 @@ from ..checkpoints import Checkpoint, load_checkpoint
 from ..continual import TrainConfig, cannot_run, peak_lr, recorded_lr, train_and_evaluate
 from ..memory.batching import text_batches
 from ..memory.entropy import KnowledgeEntropy, coefficient_means, knowledge_entropy
+from ..memory.hooks import find_coefficient_modules
 from ..memory.reactivation import Reactivation, reactivate, restore, snapshot, up_projection_names
 from ..outcomes import outcome
 from ..report import Finding
@@ -65,20 +66,23 @@ def protocol_experiment(checkpoints: Sequence[Checkpoint], setup: KnowledgeSetup
 
 def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: float = 0.5,
                             factors: tuple[float, float] = (0.05, 3.0), tolerance: float = 1e-3,
-                            max_steps: int = 20, means: torch.Tensor | None = None,
+                            max_steps: int = 20, means: torch.Tensor | None = None, preserve_function: bool = False,
                             ) -> tuple[torch.nn.Module, Reactivation, KnowledgeEntropy]:
     """Reactivate ``model`` in place (the least-used fraction ``ratio`` of neurons) so that its
     knowledge entropy on ``batches`` is ``target`` (nats) within ``tolerance``, with the factor q
     found by bisection in ``factors`` (KE rises with q over that range on the built-in family).
-    Every attempt starts from the weights as given: the up projections (the only weights
-    reactivation changes without ``preserve_function``) are kept in host memory meanwhile, so no
-    copy of the model is made.
+    Every attempt starts from the weights as given: the weights reactivation changes (the up
+    projections, and with ``preserve_function`` the down projections) are kept in host memory
+    meanwhile, so no copy of the model is made. ``preserve_function``: see
+    :func:`~ke_utils.memory.reactivation.reactivate` (KE moves, the logits do not; a q below 1
+    then lowers KE, so ``target`` may lie below the model's own).
     ``means``: ``model``'s coefficient means on ``batches`` if already measured. Returns ``(model,
     report, knowledge entropy reached)``, ``model`` reactivated with the best q; raises ValueError,
     ``model`` left as given, if ``target`` is not reachable."""
     means = coefficient_means(model, batches) if means is None else means
     modules = dict(model.named_modules())
-    ups = {name: snapshot(modules[name]) for name in up_projection_names(model)}
+    changed = up_projection_names(model) + (find_coefficient_modules(model) if preserve_function else [])
+    ups = {name: snapshot(modules[name]) for name in changed}
 
     def put_back() -> None:
         for name, saved in ups.items():
@@ -86,7 +90,7 @@ def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: fl
 
     def lift(q: float) -> Reactivation:
         put_back()
-        return reactivate(model, means, ratio, q, inplace=True)[1]
+        return reactivate(model, means, ratio, q, inplace=True, preserve_function=preserve_function)[1]
 
     def attempt(q: float) -> tuple[Reactivation, KnowledgeEntropy]:
         report = lift(q)
@@ -165,6 +169,56 @@ def causal_test(late: Checkpoint, target_ke: float, setup: KnowledgeSetup, strea
                             "normalized": reached.normalized, "label": label})
             logs.append(log.assign(checkpoint=late.step, seed=seed, protocol="study", label=label))
     return pd.DataFrame(results), pd.concat(logs, ignore_index=True), report
+
+
+def function_kept_doses(checkpoint: Checkpoint, targets: Sequence[float | None], setup: KnowledgeSetup,
+                        stream_config: StreamConfig, train_config: TrainConfig, texts: Sequence[str],
+                        seeds: Sequence[int] = (0,), eval_every: int = 2, device: str = "cpu",
+                        lr_of: Callable[[Checkpoint], float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Knowledge entropy moved, the function kept: ``checkpoint`` with its KE on ``texts`` set to
+    each of ``targets`` (normalised, 0-1; None: unmodified) by :func:`match_knowledge_entropy`
+    with ``preserve_function=True`` (the least-used half's coefficients scaled, their memory
+    vectors divided by the same factors: the logits stay equal up to float rounding), then
+    trained under ``study`` as :func:`causal_test` trains. A dose-response both ways: targets
+    above the checkpoint's KE raise it, below lower it. KE is measured at every evaluation of the
+    run (``ke_normalized`` in the logs: does it stay moved?). Rows: the outcome, ``label``,
+    ``target``, ``normalized`` (KE reached) and ``normalized_after`` (after training), ``factor``
+    (q), ``logit_change`` (largest absolute change of a logit on the first text batch, from the
+    edit alone), the learning rates. Returns ``(results, logs)``."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
+    model = load_checkpoint(checkpoint, device=device)
+    batches = text_batches(tokenizer, texts)
+    means = coefficient_means(model, batches)
+    own = knowledge_entropy(means)
+    given = snapshot(model)
+    with torch.no_grad():
+        reference = model(**{k: v.to(device) for k, v in batches[0].items()}).logits.cpu()
+    lr = (lr_of or recorded_lr)(checkpoint)
+    study_config = dataclasses.replace(train_config, protocol="study")
+
+    def ke_now(m) -> dict:
+        return {"ke_normalized": knowledge_entropy(coefficient_means(m, batches)).normalized}
+
+    results, logs = [], []
+    for target in targets:
+        for seed in seeds:
+            restore(model, given)
+            factor, reached = float("nan"), own
+            if target is not None:
+                _, report, reached = match_knowledge_entropy(model, batches, target * own.total / own.normalized,
+                                                             means=means, preserve_function=True)
+                factor = report.factor
+            with torch.no_grad():
+                change = (model(**{k: v.to(device) for k, v in batches[0].items()}).logits.cpu() - reference).abs().max()
+            label = "unmodified" if target is None else f"KE set to {target:.3f}"
+            log = train_and_evaluate(model, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
+                                     dataclasses.replace(study_config, seed=seed), eval_every, measure=ke_now)
+            results.append({"step": checkpoint.step, "seed": seed, **outcome(log), "label": label, "target": target,
+                            "normalized": reached.normalized, "normalized_after": float(log["ke_normalized"].iloc[-1]),
+                            "factor": factor, "logit_change": float(change), "protocol": "study", "own_lr": lr,
+                            "peak_lr": peak_lr(study_config, lr), "lr_jump": peak_lr(study_config, lr) / lr})
+            logs.append(log.assign(checkpoint=checkpoint.step, seed=seed, label=label))
+    return pd.DataFrame(results), pd.concat(logs, ignore_index=True)
 
 
 def pretraining_seeds(subject: str, seeds: Sequence[int]) -> list[str]:
