@@ -6,6 +6,12 @@ from __future__ import annotations
 import pandas as pd
 
 
+# Below this share of exact match above its floor before training, forgetting_above_floor is a
+# ratio of two small, noisy numbers (a checkpoint that knew 1 fact in 100 above guessing can "lose
+# -200 %" of it): it is NaN there.
+MIN_ABOVE_FLOOR = 0.05
+
+
 def acquisition(before: float, after: float) -> float:
     """The study's acquisition ``A = (K_after - K_before) / |K_before|`` for log-prob scores K."""
     return (after - before) / abs(before)
@@ -39,7 +45,8 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
     ``retention_score``; with retention probes, ``retention_logprob_change`` (nats, a continuous
     measure of what was forgotten), ``retention_floor`` (P's floor at the end) and
     ``forgetting_above_floor`` (the share of P above its floor that was lost: exact match on
-    10-16-way facts does not fall to 0 when they are forgotten).
+    10-16-way facts does not fall to 0 when they are forgotten; NaN where the model knew less
+    than :data:`MIN_ABOVE_FLOOR` above the floor before).
     """
     before, after = (log.iloc[0] if before is None else before), log.iloc[-1]
     out = {}
@@ -60,8 +67,9 @@ def outcome(log: pd.DataFrame, before: pd.Series | None = None) -> dict:
         out["forgetting"] = forgetting(before["retention_score"], after["retention_score"])
     if "retention_floor" in log.columns:  # the part of P above what guessing the attribute's values gives
         out["retention_floor"] = after["retention_floor"]
-        out["forgetting_above_floor"] = forgetting(before["retention_score"] - before["retention_floor"],
-                                                   after["retention_score"] - after["retention_floor"])
+        margin = before["retention_score"] - before["retention_floor"]
+        out["forgetting_above_floor"] = (forgetting(margin, after["retention_score"] - after["retention_floor"])
+                                         if margin >= MIN_ABOVE_FLOOR else float("nan"))
     if "retention_logprob" in log.columns:
         out["retention_logprob_change"] = after["retention_logprob"] - before["retention_logprob"]
     out["heldout_loss_change"] = after["heldout_loss"] - before["heldout_loss"]

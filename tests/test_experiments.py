@@ -74,6 +74,8 @@ def test_outcome_from_a_hand_made_log():
     assert floored["retention_floor"] == 0.2 and floored["retention_logprob_change"] == -0.5
     assert floored["forgetting_above_floor"] == pytest.approx(1 - 0.4 / 0.7)  # (0.6 - 0.2) of (0.8 - 0.1) kept
     assert floored["forgetting"] == pytest.approx(0.25)  # the plain F does not move
+    barely = outcome(log.assign(retention_floor=[0.78, 0.5, 0.2]))  # knew 0.02 above the floor: -2000 % lost
+    assert math.isnan(barely["forgetting_above_floor"]) and barely["forgetting"] == pytest.approx(0.25)
 
 
 def test_stage_experiment_rows_and_determinism(mini):
