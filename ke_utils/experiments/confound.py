@@ -82,10 +82,10 @@ def match_knowledge_entropy(model, batches: list[dict], target: float, ratio: fl
     means = coefficient_means(model, batches) if means is None else means
     modules = dict(model.named_modules())
     changed = up_projection_names(model) + (find_coefficient_modules(model) if preserve_function else [])
-    ups = {name: snapshot(modules[name]) for name in changed}
+    kept = {name: snapshot(modules[name]) for name in changed}
 
     def put_back() -> None:
-        for name, saved in ups.items():
+        for name, saved in kept.items():
             restore(modules[name], saved)
 
     def lift(q: float) -> Reactivation:
