@@ -104,7 +104,11 @@ def test_kernels_are_pinned_on_import_and_late_imports_are_told():
 
 
 def test_two_builders_at_once_both_get_the_whole_family(tmp_path):
-    """The second builder waits for the first (a file lock) instead of deleting its temporary folder."""
+    """A builder waits for another one (a file lock) instead of deleting its temporary folder. The
+    test holds the lock until both builders have said they wait (so they surely overlap, however
+    slowly the machine starts them), then lets them race for it."""
+    from filelock import FileLock
+
     code = f"""
         import sys
         sys.path.insert(0, "tests")
@@ -112,14 +116,16 @@ def test_two_builders_at_once_both_get_the_whole_family(tmp_path):
         from ke_utils.pretrain import builtin_family
         print(len(builtin_family(MINI, root=r"{tmp_path}", progress=False)))
     """
-    first = _python(code)
-    second = _python(code)
-    results = [p.communicate(timeout=600) for p in (first, second)]
-    assert [p.returncode for p in (first, second)] == [0, 0], [err for _, err in results]
+    final = family_dir(MINI, tmp_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        builders = [_python(code), _python(code)]
+        waiting = [p.stdout.readline() for p in builders]  # each blocks until its builder prints
+    assert all("waiting for another process" in line for line in waiting), waiting
+    results = [p.communicate(timeout=600) for p in builders]
+    assert [p.returncode for p in builders] == [0, 0], [err for _, err in results]
     assert [out.split()[-1] for out, _ in results] == ["3", "3"]
-    assert any("waiting for another process" in out for out, _ in results)  # they did overlap
-    assert sorted(p.name for p in family_dir(MINI, tmp_path).iterdir() if p.name.startswith("step")) == \
-        ["step0", "step3", "step6"]
+    assert sorted(p.name for p in final.iterdir() if p.name.startswith("step")) == ["step0", "step3", "step6"]
 
 
 @pytest.mark.skipif(pretrain._cores() < 2, reason="one core: families are built one after the other")
