@@ -1,12 +1,14 @@
 """Smoke test in a real browser (issue 16, item 6): JupyterLab opens notebooks 01 and 02 in headless
-Chromium, runs all their cells, shows figures, and the coefficient explorer redraws when its slider moves.
+Chromium, runs all their cells, shows figures, and the coefficient explorer redraws when its slider moves;
+and the site of executed notebooks (``ke-notebooks --html``) opens from the file system, shows its figures
+and fetches nothing over the network.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package; skipped without them:
 
     apt-get install -y chromium chromium-driver && pip install -r requirements.txt
     KE_BROWSER_TEST=1 python -m pytest tests/test_browser.py -v
 
-It runs only when ``KE_BROWSER_TEST=1`` is set (about 90 s), so the test suite's time stays the same
+It runs only when ``KE_BROWSER_TEST=1`` is set (about 3 minutes), so the test suite's time stays the same
 on machines that happen to have Chromium.
 
 The notebooks run from copies in a temporary folder (the repository's files are never saved over), on a
@@ -236,3 +238,35 @@ def test_notebook_02_widget_redraws_when_the_slider_moves(page, lab, shots):
              lambda: f"the widget's figure did not change when the slider moved (step {before_step} -> {readout.text})")
     assert readout.text != before_step, "the slider's readout did not change"
     page.save_screenshot(str(shots / "02_widget_after.png"))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """``ke-notebooks --only 02 --html`` into a temporary folder (notebook 02 has the widget); its index."""
+    from ke_utils.commands.run_notebooks import main
+
+    out = tmp_path_factory.mktemp("results")
+    main(["--only", "02", "--html", "--out", str(out)])
+    return out / "site" / "index.html"
+
+
+LOADED_IMAGES_JS = "return [...document.images].map(img => [img.complete && img.naturalWidth > 100, img.src.slice(0, 40)]);"
+# Everything the page fetched that is neither inline (data:) nor a local file.
+REMOTE_JS = ("return performance.getEntriesByType('resource').map(e => e.name)"
+             ".filter(name => !name.startsWith('data:') && !name.startsWith('file:'));")
+
+
+def test_the_site_opens_from_the_file_system_with_its_figures(browser, site, shots):
+    browser.get(site.as_uri())
+    images = browser.execute_script(LOADED_IMAGES_JS)
+    assert images and all(ok for ok, _ in images), f"an index figure did not load: {images}"
+    assert browser.execute_script(REMOTE_JS) == [], "the index loaded something over the network"
+    browser.save_screenshot(str(shots / "site_index.png"))
+
+    browser.find_element(By.CSS_SELECTOR, "article h2 a").click()
+    wait_for(lambda: browser.current_url.endswith("02_checkpoint_sweep.html"), 10, lambda: "the page did not open")
+    images = browser.execute_script(LOADED_IMAGES_JS)
+    assert len(images) >= 5 and all(ok for ok, _ in images), f"a figure of notebook 02's page did not load: {images}"
+    assert browser.execute_script(REMOTE_JS) == [], "notebook 02's page loaded something over the network"
+    assert "run the notebook to use its controls" in browser.page_source, "the widget's figure is missing"
+    browser.save_screenshot(str(shots / "site_02.png"))

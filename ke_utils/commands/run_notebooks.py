@@ -22,9 +22,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..cpu_kernels import environment
 from ..pretrain import NOTEBOOK_FAMILIES, builtin_families
 from ..report import FINDINGS_FILE, KEY_NUMBERS_FILE, findings_table, read_findings, read_key_numbers
 from .inputs import BadInput, one_line_errors, output_folder
+from .site import write_site
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,12 +109,14 @@ def run(paths: list[Path], out: Path, timeout: int = 1800, parameters: dict | No
     1); executed copies go to ``out/``, figures and key numbers to ``out/<notebook>/``. Returns
     (and writes to ``out/summary.json``) per notebook, in the order of ``paths``, its status
     (``"ok"``, or ``"failed"`` and ``error``, its first error line), wall time, its kernel's peak
-    memory and key numbers; a failed notebook does not stop the others. With ``jobs > 1`` give each kernel fewer threads
+    memory and key numbers (the package versions go to ``out/environment.json``); a failed
+    notebook does not stop the others. With ``jobs > 1`` give each kernel fewer threads
     (``OMP_NUM_THREADS``), or they compete for the same cores."""
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         summary = list(pool.map(lambda path: _execute(path, out, timeout, parameters), paths))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "environment.json").write_text(json.dumps(environment(), indent=2))
     return summary
 
 
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="notebooks at a time (default 1; with --threads)")
     parser.add_argument("-p", "--param", type=parse_parameter, action="append", default=[], metavar="NAME=VALUE",
                         help="set a parameter (a Python literal), e.g. -p FULL=True; repeatable")
+    parser.add_argument("--html", action="store_true",
+                        help="also write <out>/site/: a page per executed notebook and an index, readable offline")
     parser.add_argument("--findings-table", nargs="+", type=Path, metavar="RESULTS",
                         help="print a markdown table of the findings of earlier runs' result folders and exit")
     args = parser.parse_args(argv)
@@ -212,6 +218,8 @@ def _main(args: argparse.Namespace) -> None:
     summary = run(paths, args.out, args.timeout, parameters, args.jobs)
     failed = [entry["notebook"] for entry in summary if entry["status"] != "ok"]
     print(f"\n{summary_table(summary)}\n\nexecuted {len(paths)} notebook(s), {len(failed)} failed; results in {args.out}")
+    if args.html:
+        print(f"site of the executed notebooks: {write_site(args.out)}")
     if failed:
         raise SystemExit(1)
 
