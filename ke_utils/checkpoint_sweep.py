@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,6 +28,7 @@ from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, i
 from .memory.entropy import coefficient_means, knowledge_entropy
 from .hub_cache import delete_revision, format_bytes, hub_cache_dir, revision_disk_bytes
 from .probes import score_probes
+from .stats import Correlation, correlation
 from .memory.related import RelatedMeasures
 
 # Bump when a change to the code alters what a sweep measures: cached results of other versions
@@ -201,3 +203,19 @@ def facts_known(checkpoints: Sequence[Checkpoint], probes: pd.DataFrame, device:
         rows.append({"step": ckpt.step, "known": float(scored["exact"].mean()), "logprob": float(scored["logprob"].mean())})
     return pd.DataFrame(rows)
 
+
+def trained_peak(steps: Sequence[int], ke: Sequence[float]) -> int:
+    """Position of the highest knowledge entropy among trained checkpoints (``step > 0``; step 0 is
+    the random initialisation): where the first steps' abrupt change ends."""
+    steps, ke = np.asarray(steps), np.asarray(ke, float)
+    if not (steps > 0).any():
+        raise ValueError("no trained checkpoint (step > 0)")
+    return int(np.argmax(np.where(steps > 0, ke, -np.inf)))
+
+
+def trend_after_peak(steps: Sequence[int], ke: Sequence[float]) -> Correlation | None:
+    """Spearman correlation of knowledge entropy with step from the :func:`trained_peak` on (the
+    peak included; ``steps`` in order); None when the peak is the last checkpoint."""
+    steps, ke = np.asarray(steps), np.asarray(ke, float)
+    peak = trained_peak(steps, ke)
+    return correlation(steps[peak:], ke[peak:], "spearman") if peak < len(steps) - 1 else None

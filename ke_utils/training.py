@@ -44,6 +44,14 @@ def lr_at(step: int, peak: float, warmup: int, total: int, shape: str = "cosine"
     return peak * lr_schedule(probe, warmup, total, shape, final_ratio, decay_steps).lr_lambdas[0](min(step, total))
 
 
+def lr_jump(step: int, peak: float, warmup: int, total: int, continued_peak: float, shape: str = "cosine",
+            final_ratio: float = 0.1) -> float:
+    """How far a fresh optimizer warmed up to ``continued_peak`` re-warms a checkpoint saved after
+    ``step`` updates of a pretraining schedule (:func:`lr_at` with ``peak``, ``warmup``, ``total``,
+    ``shape``, ``final_ratio``): ``continued_peak`` divided by the LR the checkpoint sat at."""
+    return continued_peak / lr_at(step, peak, warmup, total, shape, final_ratio)
+
+
 def optimizer(model, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW with decay on matrices only (not on norms or biases), as in OLMo and nanoGPT."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from ke_utils.memory.entropy import coefficient_means, knowledge_entropy
-from ke_utils.exercises import (check_acquisition, check_coefficient_means, check_forgetting, check_knowledge_entropy,
-                                check_probe_score, check_reactivation)
+from ke_utils.exercises import (check_acquisition, check_chance_jaccard, check_coefficient_means, check_forgetting,
+                                check_ke_trend, check_knowledge_entropy, check_lr_jump, check_or_fallback,
+                                check_probe_score, check_reactivation, check_top_k_jaccard)
 from ke_utils.memory.reactivation import reactivate
 
 
@@ -147,6 +151,115 @@ def test_probe_score_check(wrong, message, capsys):
     assert "probe score: matches" in capsys.readouterr().out
     with pytest.raises(AssertionError, match=message):
         check_probe_score(wrong)
+
+
+
+def trend(steps, ke, start=0, method=stats.spearmanr, trained_only=True):
+    peak = int(np.argmax(np.where(steps > 0, ke, -np.inf) if trained_only else ke))
+    return float(method(steps[peak + start:], ke[peak + start:]).statistic)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda s, k: trend(s, k, trained_only=False), "step 0 taken as the peak"),
+    (lambda s, k: trend(s, k, method=stats.pearsonr), "Pearson, not Spearman"),
+    (lambda s, k: trend(s, k, start=1), "started after the peak"),
+    (lambda s, k: -trend(s, k), "the sign"),
+    (lambda s, k: float(stats.spearmanr(s[int(np.argmax(np.where(s > 0, k, -np.inf))):],
+                                        k[int(np.argmax(np.where(s > 0, k, -np.inf))):]).pvalue), "returned the p-value")])
+def test_ke_trend_check(wrong, message, capsys):
+    check_ke_trend(trend)
+    check_ke_trend(check_ke_trend.reference)
+    assert capsys.readouterr().out.count("KE trend after the peak: matches") == 2
+    with pytest.raises(AssertionError, match=message):
+        check_ke_trend(wrong)
+
+
+def jump(step, peak, warmup, total, continued, final=0.1, warm=True, cap=True, shift=True, cosine=True):
+    if warm and step < warmup:
+        own = peak * step / warmup
+    else:
+        start = warmup if shift else 0
+        progress = ((min(step, total) if cap else step) - start) / (total - start)
+        own = peak * (final + (1 - final) * (0.5 * (1 + math.cos(math.pi * progress)) if cosine else 1 - progress))
+    return continued / own
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda s, p, w, t, c: 1 / jump(s, p, w, t, c), "inverted"),
+    (lambda s, p, w, t, c: c / p, "divided by the pretraining peak"),
+    (lambda *a: jump(*a, final=0.0) if a[0] < a[3] else 1.0, "cosine down to 0"),
+    (lambda *a: jump(*a, shift=False), "the cosine starts after the warmup"),
+    (lambda *a: jump(*a, warm=False), "the warmup: before"),
+    (lambda *a: jump(*a, cap=False), "past `total`"),
+    (lambda *a: jump(*a, cosine=False), "a linear decay")])
+def test_lr_jump_check(wrong, message, capsys):
+    check_lr_jump(jump)
+    assert "LR jump: matches" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=message):
+        check_lr_jump(wrong)
+
+
+def jaccard(a, b, fraction, rounding=math.ceil, largest=True, union=True):
+    k = rounding(fraction * a.shape[1])
+    out = []
+    for x, y in zip(a, b):
+        top_x, top_y = set(x.topk(k, largest=largest).indices.tolist()), set(y.topk(k, largest=largest).indices.tolist())
+        out.append(len(top_x & top_y) / (len(top_x | top_y) if union else k))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda *a: jaccard(*a, rounding=math.floor), "k rounded down"),
+    (lambda *a: jaccard(*a, union=False), "the overlap's share of k"),
+    (lambda a, b, f: jaccard(a, b, f, union=False) / 2, "divided by 2k"),
+    (lambda *a: jaccard(*a, largest=False), "the smallest k"),
+    (lambda *a: jaccard(*a).mean(), "averaged over the layers"),
+    (lambda *a: jaccard(*a)[:1], "returned shape")])
+def test_top_k_jaccard_check(wrong, message, capsys):
+    check_top_k_jaccard(jaccard)
+    assert "top-k Jaccard: matches" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=message):
+        check_top_k_jaccard(wrong)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda d_ff, k: k / d_ff, "k / d_ff is the expected overlap's share"), (lambda d_ff, k: k * k / d_ff, "k\\^2 / d_ff"),
+    (lambda d_ff, k: k / (2 * d_ff), "divided by 2k"),
+    (lambda d_ff, k: check_chance_jaccard.reference(d_ff, k, exact=True), "the exact expectation")])
+def test_chance_jaccard_check(wrong, message, capsys):
+    check_chance_jaccard(lambda d_ff, k: k / (2 * d_ff - k))
+    assert "chance Jaccard: matches" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=message):
+        check_chance_jaccard(wrong)
+
+
+def stub(*args):
+    raise NotImplementedError("write it")
+
+
+def test_check_or_fallback(capsys, monkeypatch):
+    """A finished exercise is checked and kept, a wrong one fails, an unfinished one says so and
+    gives the package's implementation, except under nbgrader, where it fails."""
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    mine = lambda before, after: (after - before) / abs(before)
+    assert check_or_fallback(check_acquisition, mine) is mine
+    with pytest.raises(AssertionError, match="swapped"):
+        check_or_fallback(check_acquisition, lambda before, after: (before - after) / abs(before))
+    capsys.readouterr()
+    fallback = check_or_fallback(check_acquisition, stub)
+    assert "exercise not done yet: using ke_utils' implementation" in capsys.readouterr().out
+    check_acquisition(fallback)
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    with pytest.raises(NotImplementedError, match="write it"):
+        check_or_fallback(check_acquisition, stub)
+
+
+@pytest.mark.parametrize("check", [check_knowledge_entropy, check_acquisition, check_forgetting, check_ke_trend,
+                                   check_lr_jump, check_top_k_jaccard, check_chance_jaccard, check_coefficient_means,
+                                   check_reactivation, check_probe_score])
+def test_every_reference_passes_its_check(check, capsys):
+    check(check.reference)
+    assert "matches the reference" in capsys.readouterr().out
 
 
 def test_student_copies_are_in_sync_and_stubbed():
