@@ -263,20 +263,65 @@ def test_every_reference_passes_its_check(check, capsys):
 
 
 def test_student_copies_are_in_sync_and_stubbed():
-    """notebooks/exercises/ is what ke-exercises makes of the main notebooks,
-    and there every solution is replaced by a NotImplementedError that carries the hint."""
+    """notebooks/exercises/ is what ke-exercises makes of the main notebooks, every exercise has its graded
+    check cell, and in the copies every solution is replaced by a NotImplementedError that carries the hint:
+    no line of a solution is left anywhere in a student copy."""
     import nbformat
 
-    from ke_utils.commands.exercise_notebooks import NOTEBOOKS, build
+    from ke_utils.commands.exercise_notebooks import BEGIN, END, NOTEBOOKS, build, grading_pairs, problems
 
+    assert problems() == []
     assert build(check=True) == [], "run ke-exercises"
     copies = sorted((NOTEBOOKS / "exercises").glob("*.ipynb"))
-    assert [p.name for p in copies] == ["01_what_is_knowledge_entropy.ipynb", "03_acquisition_and_retention.ipynb",
-                                        "04_reactivation.ipynb"]
+    assert [p.name for p in copies] == sorted(p.name for p in NOTEBOOKS.glob("0[1-6]_*.ipynb"))
     for path in copies:
-        cells = [c for c in nbformat.read(path, as_version=4).cells if "exercise" in c.metadata.get("tags", [])]
-        assert cells and all("BEGIN SOLUTION" not in c.source and "NotImplementedError(" in c.source for c in cells)
-        assert all(c.get("outputs", []) == [] for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        student = nbformat.read(path, as_version=4)
+        pairs, _ = grading_pairs(student)
+        assert pairs and all("BEGIN SOLUTION" not in c.source and "NotImplementedError(" in c.source for c, _ in pairs)
+        assert all(c.get("outputs", []) == [] for c in student.cells if c.cell_type == "code")
+        text = "\n".join(c.source for c in student.cells)
+        for exercise, _ in grading_pairs(nbformat.read(NOTEBOOKS / path.name, as_version=4))[0]:
+            lines = exercise.source.split("\n")
+            solution = lines[lines.index(next(l for l in lines if l.strip() == BEGIN)) + 2:]
+            solution = [l.strip() for l in solution[: [l.strip() for l in solution].index(END)]]
+            assert not [l for l in solution if len(l) > 12 and l in text], (path.name, exercise.id)
+
+
+def _exercise_notebook(check: bool = True) -> str:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    solution = new_code_cell("def f(x):\n    ### BEGIN SOLUTION\n    ### HINT: double it\n    return 2 * x\n    ### END SOLUTION",
+                             id="ex-double", metadata={"tags": ["exercise"]})
+    cells = [solution] + ([new_code_cell("f = check_or_fallback(check_double, f)", id="ex-double-check")] if check else [])
+    return nbformat.writes(new_notebook(cells=cells))
+
+
+def test_ke_exercises_adds_and_checks_nbgrader_metadata(tmp_path, monkeypatch):
+    """--check fails while the nbgrader metadata is missing (ke-exercises writes it: solution cell and a
+    one-point locked test cell) and always fails for an exercise without its check cell."""
+    import nbformat
+
+    from ke_utils.commands import exercise_notebooks as ex
+
+    monkeypatch.setattr(ex, "NOTEBOOKS", tmp_path)
+    (tmp_path / "01_a.ipynb").write_text(_exercise_notebook(), encoding="utf-8")
+    assert ex.build(tmp_path, check=True) == ["01_a.ipynb: nbgrader metadata of ex-double, ex-double-check",
+                                              "01_a.ipynb: student copy"]
+    with pytest.raises(SystemExit):
+        ex.main(["--check"])
+    ex.main([])
+    ex.main(["--check"])
+    cells = {c.id: c for c in nbformat.read(tmp_path / "01_a.ipynb", as_version=4).cells}
+    assert cells["ex-double"].metadata.nbgrader == {"grade": False, "grade_id": "ex-double", "locked": False,
+                                                    "schema_version": 3, "solution": True, "task": False}
+    assert cells["ex-double-check"].metadata.nbgrader == {"grade": True, "grade_id": "ex-double-check", "locked": True,
+                                                          "points": 1, "schema_version": 3, "solution": False,
+                                                          "task": False}
+    (tmp_path / "02_b.ipynb").write_text(_exercise_notebook(check=False), encoding="utf-8")
+    assert ex.problems(tmp_path) == ["02_b.ipynb: exercise cell 'ex-double' has no check cell with id 'ex-double-check'"]
+    with pytest.raises(SystemExit):
+        ex.main([])
 
 
 def test_stub_solution():
