@@ -21,6 +21,9 @@ def _config(family: str):
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
                "olmo": tf.OlmoConfig, "olmo2": tf.Olmo2Config}[family]
         return cls(**SMALL, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    if family == "smollm3":  # no_rope_layer_interval 2: layer 1 has no rotary embedding (transformers' default: every 4th)
+        return tf.SmolLM3Config(**SMALL, num_key_value_heads=2, max_position_embeddings=64, no_rope_layer_interval=2,
+                                pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if family == "qwen3":
         return tf.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, pad_token_id=0)
     if family in ("gemma", "gemma2", "gemma3_text"):

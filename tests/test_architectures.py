@@ -24,7 +24,7 @@ _LLAMA = ("model.layers.{l}.mlp.down_proj", ("model.layers.{l}.mlp.up_proj", 0),
 # model_type -> (down projection, (up projection, its first output row), (gate, first row) or None)
 # in layer {l}. Phi3MLP: ``gate, up = gate_up_proj(x).chunk(2, dim=-1)``: up is rows 64..127.
 LAYOUT = {
-    **dict.fromkeys(("llama", "mistral", "qwen3", "olmo", "olmo2", "gemma2", "gemma3_text"), _LLAMA),
+    **dict.fromkeys(("llama", "mistral", "qwen3", "olmo", "olmo2", "gemma2", "gemma3_text", "smollm3"), _LLAMA),
     "phi3": ("model.layers.{l}.mlp.down_proj", ("model.layers.{l}.mlp.gate_up_proj", D_FF),
              ("model.layers.{l}.mlp.gate_up_proj", 0)),
     "gpt_neox": ("gpt_neox.layers.{l}.mlp.dense_4h_to_h", ("gpt_neox.layers.{l}.mlp.dense_h_to_4h", 0), None),

@@ -73,8 +73,9 @@ _GATED = Architecture(_DECODER, "mlp.down_proj", Projection("mlp.up_proj"), Proj
 _ENCODER = Architecture(r"layer\.(\d+)", "output.dense", Projection("intermediate.dense"))
 
 ARCHITECTURES: dict[str, Architecture] = {
-    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "olmo3", "gemma", "gemma2", "gemma3_text"),
-                    _GATED),
+    # SmolLM3 (HuggingFaceTB/SmolLM3-3B, and the checkpoints of its pretraining): Llama's MLP; some layers have no RoPE
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "olmo3", "gemma", "gemma2", "gemma3_text",
+                     "smollm3"), _GATED),
     # Phi3MLP: gate, up = gate_up_proj(x).chunk(2, dim=-1)
     "phi3": Architecture(_DECODER, "mlp.down_proj", Projection("mlp.gate_up_proj", half=1),
                          Projection("mlp.gate_up_proj", half=0), head_on_hidden=True),
