@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import warnings
 
 # ATen's own kernels, MKL's (its branch and its instruction ceiling) and oneDNN's ceiling.
@@ -35,7 +36,7 @@ def pin_cpu_kernels() -> None:
     if not _X86 or user_chose_kernels():
         return
     os.environ.update(PINNED)  # child processes (kernels, workers, builds) inherit it too
-    if not kernels_pinned():
+    if "torch" in sys.modules and not kernels_pinned():  # without torch no tensor work has run yet
         warnings.warn(
             f"ke_utils was imported after this process ran tensor work, so its CPU kernels stay "
             f"{cpu_capability()} instead of AVX2: built-in families are still built in a separate process "

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test runs a benchmark script in its own process
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "ke_overhead.py"
 
 

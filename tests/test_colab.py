@@ -63,6 +63,7 @@ def test_put_setup_cell_inserts_before_the_parameters_once():
     assert put_setup_cell(notebook) and notebook.cells[1].source == SETUP_CELL and len(notebook.cells) == 3
 
 
+@pytest.mark.slow
 def test_the_setup_cell_installs_ke_utils_into_a_fresh_environment_offline(tmp_path):
     """A virtual environment without ke_utils whose other requirements come from this one's
     site-packages as plain path entries (so its editable install of ke_utils is not processed):

@@ -23,6 +23,8 @@ from ke_utils.memory.batching import text_batches
 from ke_utils.memory.entropy import coefficient_means
 from ke_utils.commands.measure import main
 
+pytestmark = pytest.mark.slow  # a torchrun launch of two processes
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 

@@ -61,6 +61,7 @@ def _has_avx512() -> bool:
     return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_avx512(), reason="this CPU has no AVX-512: its native kernels are the pinned ones")
 def test_a_family_is_the_same_with_native_and_with_forced_avx2_kernels(tmp_path):
     """On an AVX-512 machine: the default (ke_utils pins the kernels), explicitly forced AVX2 kernels and a
@@ -103,6 +104,7 @@ def test_kernels_are_pinned_on_import_and_late_imports_are_told():
         assert out.strip() == "True"
 
 
+@pytest.mark.slow
 def test_two_builders_at_once_both_get_the_whole_family(tmp_path):
     """A builder waits for another one (a file lock) instead of deleting its temporary folder. The
     test holds the lock until both builders have said they wait (so they surely overlap, however
@@ -128,6 +130,7 @@ def test_two_builders_at_once_both_get_the_whole_family(tmp_path):
     assert sorted(p.name for p in final.iterdir() if p.name.startswith("step")) == ["step0", "step3", "step6"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(pretrain._cores() < 2, reason="one core: families are built one after the other")
 def test_families_built_side_by_side_are_the_ones_built_one_after_the_other(tmp_path, capsys):
     """Two missing families are built at once, in two processes of one thread each; each has the
