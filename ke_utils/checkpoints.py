@@ -2,7 +2,8 @@
 
 Names follow the real schemes: OLMo ``step1000-tokens4B`` (also ``tokens4194M``), OLMo-2
 ``stage1-step928646-tokens3896B`` and ``stage2-ingredient1-step11931-tokens100B``, Pythia
-``step143000``, and plain local folders ``step120``. Everything else (``main``, ``refs/pr/1``,
+``step143000``, SmolLM3 ``stage1-step-40000`` (a hyphen before the step), and plain local folders
+``step120``. Everything else (``main``, ``refs/pr/1``,
 other branches) is not a checkpoint. Checkpoints sort by (stage, step): no stage first, then
 ``stage1``, then ``stage2-ingredient1``, ``stage2-ingredient2``, ... (steps restart in each
 stage-2 ingredient, so ``step`` alone is not a global order when several stages are present).
@@ -43,7 +44,7 @@ __all__ = [
 
 _NAME = re.compile(
     r"(?:(?P<stage>stage\d+(?:-ingredient\d+)?)-)?"
-    r"step(?P<step>\d+)"
+    r"step-?(?P<step>\d+)"
     r"(?:-tokens(?P<tokens>\d+)(?P<unit>[KMBT]))?"
 )
 _UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
@@ -95,6 +96,7 @@ def parse_checkpoint_name(name: str) -> tuple[int, int | None, str | None] | Non
 
     ``"step1000-tokens4B"`` -> ``(1000, 4_000_000_000, None)``;
     ``"stage2-ingredient1-step11931-tokens100B"`` -> ``(11931, 100_000_000_000, "stage2-ingredient1")``;
+    ``"stage1-step-40000"`` (SmolLM3) -> ``(40000, None, "stage1")``;
     ``"step120"`` -> ``(120, None, None)``; ``"main"`` -> None.
     """
     match = _NAME.fullmatch(name)

@@ -93,16 +93,18 @@ def pretraining_lr_of(subject: str, given: float | Callable[[Checkpoint], float]
                       ) -> Callable[[Checkpoint], float]:
     """How to know a checkpoint's pretraining learning rate: ``given`` (a function of the
     checkpoint, or one number for every checkpoint, e.g. a constant-LR run), else what a built-in
-    checkpoint recorded (:func:`recorded_lr`), or OLMo-1B's schedule for its hub repositories; for
-    any other subject ``given`` is needed (ValueError)."""
+    checkpoint recorded (:func:`recorded_lr`), or the schedule ``study.HUB_FAMILIES`` knows for a hub
+    repository (OLMo-1B's two; SmolLM3-3B's stage-1 branches, :func:`~ke_utils.study.smollm3_lr`);
+    for any other subject ``given`` is needed (ValueError)."""
     if callable(given):
         return given
     if given is not None:
         return lambda checkpoint: float(given)
     if subject.startswith("builtin"):
         return recorded_lr
-    if subject in (study.OLMO_1B_REPO, study.OLMO_1B_HF_REPO):
-        return lambda checkpoint: study.olmo_1b_lr(checkpoint.step)
+    family = study.hub_family(subject)
+    if family is not None:
+        return family.lr_of
     raise ValueError(f"the pretraining learning rate of {subject!r} is unknown: set LR_OF, e.g. "
                      "lambda c: ke_utils.training.lr_at(c.step, peak, warmup, total)")
 

@@ -3,11 +3,16 @@ paper's claim next to our measurement (docs/method.md sections 2-4).
 
 The numbers live in ``data/study_numbers.csv``, one row per reported value with the table or figure
 it comes from; :func:`reported` reads them. This module keeps only where the study's checkpoints
-are on the hub, and a few values derived from that file for code defaults.
+are on the hub, a few values derived from that file for code defaults, and :data:`HUB_FAMILIES`:
+the one table of what the code knows of a hub repository of checkpoints (OLMo-1B's two, and
+SmolLM3-3B's as a second pretraining run whose schedule is known).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -82,6 +87,78 @@ OLMO_1B_SCHEDULE = {"peak": 4e-4, "warmup": 2_000, "total": 739_000, "shape": "c
 def olmo_1b_lr(step: int) -> float:
     """OLMo-1B's pretraining learning rate at ``step`` (from its configuration, not its logs)."""
     return lr_at(step, **OLMO_1B_SCHEDULE)
+
+
+# SmolLM3-3B's pretraining checkpoints, as the model card of its repository describes them
+# (huggingface.co/HuggingFaceTB/SmolLM3-3B-checkpoints). The first stage's checkpoints are branches
+# named stage1-step-{N}, one every 40,000 steps. AdamW's learning rate rose linearly from 0 to 2e-4
+# over the first 2,000 steps and then held at 2e-4; it starts to fall (linearly, to 0) only after step
+# 4,198,001. The data mixture changed at steps 3,450,000 (stage 2) and 4,200,000 (stage 3), so
+# checkpoints within stage 1 differ only in how long they trained, on one mixture at one learning
+# rate: the clean comparison, and the only one the defaults here make.
+SMOLLM3_REPO = "HuggingFaceTB/SmolLM3-3B-checkpoints"
+SMOLLM3_SCHEDULE = {"peak": 2e-4, "warmup": 2_000, "stable_until": 4_198_001}
+SMOLLM3_STAGE_STARTS = (3_450_000, 4_200_000)  # where stages 2 and 3 (new data mixtures) begin
+SMOLLM3_CHECKPOINT_EVERY = 40_000  # stage 1's checkpoint interval
+# Four stage-1 checkpoints at about the fractions of stage 1 at which the study's four sit in OLMo-1B's
+# run (16%, 50%, 75%, 100%), on the 40,000-step grid; 3,440,000 is the last grid step before stage 2.
+# Not checked against the hub's branch list here (no network): a missing one is select()'s ValueError,
+# which names the nearest steps there are.
+SMOLLM3_STAGES = (560_000, 1_720_000, 2_600_000, 3_440_000)
+
+
+def smollm3_lr(step: int) -> float:
+    """SmolLM3-3B's pretraining learning rate after ``step`` updates, from its model card: a linear
+    warmup from 0 to 2e-4 over 2,000 steps (:func:`~ke_utils.training.lr_at`'s convention, as for
+    OLMo-1B), then 2e-4 through step 4,198,001. After that step the card's schedule decays linearly
+    to 0, but the step at which the decay ends is not recorded here, so rather than guess this raises
+    a ValueError there (and for a negative step)."""
+    peak, warmup, last = SMOLLM3_SCHEDULE["peak"], SMOLLM3_SCHEDULE["warmup"], SMOLLM3_SCHEDULE["stable_until"]
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if step > last:
+        raise ValueError(f"SmolLM3-3B's learning rate at step {step:,} is unknown here: it decays linearly to 0 after step "
+                         f"{last:,}, and the step where that decay ends is not recorded (set LR_OF to your own schedule)")
+    return lr_at(step, peak, warmup, last, shape="constant")
+
+
+@dataclass(frozen=True)
+class HubFamily:
+    """What the code knows of a hub repository whose branches are checkpoints of one pretraining run.
+
+    ``lr``: the pretraining learning rate after ``step`` updates (the run's schedule). ``stages``:
+    four default starting checkpoints (steps), early to late, in the places of the study's four of
+    OLMo-1B (a notebook that starts from some of the study's four starts from the same places of
+    these: :func:`~ke_utils.subjects.default_stages`). ``revisions``: a regular expression
+    (``re.search``) of the branch names that are its checkpoints by default and the only ones ``lr``
+    is known for (None: every branch whose name parses)."""
+
+    repo: str
+    lr: Callable[[int], float]
+    stages: tuple[int, ...]
+    revisions: str | None = None
+
+    def lr_of(self, checkpoint) -> float:
+        """The pretraining learning rate of ``checkpoint`` (a :class:`~ke_utils.checkpoints.Checkpoint`
+        of this family): ValueError for a branch outside ``revisions``, or where ``lr`` is unknown."""
+        if self.revisions is not None and re.search(self.revisions, checkpoint.name) is None:
+            raise ValueError(f"the pretraining learning rate of {self.repo} at {checkpoint.name!r} is unknown here: only "
+                             f"branches matching {self.revisions!r} are known (set LR_OF to your own schedule)")
+        return self.lr(checkpoint.step)
+
+
+# The one table of hub families, by repository id: subjects.load_subject (which branches),
+# subjects.default_stages (where to start) and continual.pretraining_lr_of (the learning rate) read it.
+HUB_FAMILIES: dict[str, HubFamily] = {family.repo: family for family in (
+    HubFamily(OLMO_1B_REPO, olmo_1b_lr, OLMO_1B_CHECKPOINT_STEPS),
+    HubFamily(OLMO_1B_HF_REPO, olmo_1b_lr, OLMO_1B_CHECKPOINT_STEPS),
+    HubFamily(SMOLLM3_REPO, smollm3_lr, SMOLLM3_STAGES, revisions=r"^stage1-step-\d+$"),
+)}
+
+
+def hub_family(subject: str) -> HubFamily | None:
+    """The table's entry for a subject (a hub repository id), None for any other subject."""
+    return HUB_FAMILIES.get(subject)
 
 # Values code uses as defaults, read from the file above.
 CONTINUED_PEAK_LR = value("continued_peak_lr")  # continued training's peak LR (section 3), OLMo-1B's own

@@ -2,9 +2,11 @@
 
 ``"builtin"`` (default) is the tiny model family pretrained offline on the generated world;
 ``"builtin:capacity"`` the capacity-bound contrast; a local folder of ``step{N}`` checkpoints; or
-a hub repository id (``"allenai/OLMo-1B-hf"``, ``"EleutherAI/pythia-160m"``) whose branches
-are the checkpoints, with texts streamed from a ``datasets`` corpus, or the reader's own texts
-(``texts=``: a local file or ``datasets`` folder works with no network at all).
+a hub repository id (``"allenai/OLMo-1B-hf"``, ``"EleutherAI/pythia-160m"``,
+``"HuggingFaceTB/SmolLM3-3B-checkpoints"``) whose branches are the checkpoints (for a repository in
+``study.HUB_FAMILIES``, the branches it names: SmolLM3's stage 1), with texts streamed from a
+``datasets`` corpus, or the reader's own texts (``texts=``: a local file or ``datasets`` folder
+works with no network at all).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from .checkpoints import Checkpoint, hub_checkpoints, local_checkpoints, select
 from .pretrain import builtin_family, builtin_texts
-from .study import OLMO_1B_CHECKPOINT_STEPS, OLMO_1B_HF_REPO, OLMO_1B_REPO
+from .study import OLMO_1B_CHECKPOINT_STEPS, hub_family
 
 # Corpus for hub models: (path, config name, split, text column), streamed. C4 is one of the
 # corpora on which the study reported the same trend.
@@ -92,14 +94,21 @@ def seeded_subject(subject: str, seed: int) -> str:
 
 
 def default_stages(subject: str, builtin: Sequence[int], study: Sequence[int] = OLMO_1B_CHECKPOINT_STEPS) -> list[int]:
-    """Starting checkpoints (steps) of a notebook: ``builtin`` for a built-in family, ``study`` (the
-    study's OLMo-1B checkpoints, or some of them) for the OLMo-1B repositories; any other subject
+    """Starting checkpoints (steps) of a notebook: ``builtin`` for a built-in family; ``study`` (the
+    study's OLMo-1B checkpoints, or some of them) for the OLMo-1B repositories; for another hub
+    family of ``study.HUB_FAMILIES`` its own default stages in the same places (``study`` = the
+    study's first and last: SmolLM3's first and last default stage-1 checkpoints). Any other subject
     has to name its own (ValueError)."""
     if subject.startswith("builtin"):
         return list(builtin)
-    if subject in (OLMO_1B_REPO, OLMO_1B_HF_REPO):
-        return list(study)
-    raise ValueError(f"no default stages for {subject!r}: set STAGES to the steps of its checkpoints to start from")
+    family = hub_family(subject)
+    if family is None:
+        raise ValueError(f"no default stages for {subject!r}: set STAGES to the steps of its checkpoints to start from")
+    unknown = [step for step in study if step not in OLMO_1B_CHECKPOINT_STEPS]
+    if unknown:
+        raise ValueError(f"default stages are picked by their places among the study's {list(OLMO_1B_CHECKPOINT_STEPS)}, "
+                         f"which {unknown} are not: set STAGES to the steps of {subject}'s checkpoints to start from")
+    return [family.stages[OLMO_1B_CHECKPOINT_STEPS.index(step)] for step in study]
 
 
 def load_subject(
@@ -112,7 +121,8 @@ def load_subject(
     texts: str | None = None,
     pretrain_seed: int = 0,
 ) -> Subject:
-    """Checkpoints (optionally ``n_checkpoints`` log-spaced, or explicit ``steps``) and ``n_docs``
+    """Checkpoints (optionally ``n_checkpoints`` log-spaced, or explicit ``steps``; of a hub family in
+    ``study.HUB_FAMILIES`` only the branches it names, e.g. SmolLM3's stage 1) and ``n_docs``
     held-out evaluation texts of ``subject``: the built-in family's own, ``text_source`` streamed
     for other subjects, or, given ``texts``, :func:`read_texts` of it (for any subject).
     ``pretrain_seed``: for a built-in subject, the same family pretrained with that seed
@@ -123,7 +133,9 @@ def load_subject(
     if family:
         checkpoints = builtin_family(family)
     else:
-        checkpoints = local_checkpoints(subject) if Path(subject).is_dir() else hub_checkpoints(subject)
+        family_facts = hub_family(subject)
+        checkpoints = (local_checkpoints(subject) if Path(subject).is_dir() else
+                       hub_checkpoints(subject, revision_filter=family_facts.revisions if family_facts else None))
     if texts is not None:
         documents = read_texts(texts, n_docs)
     else:
