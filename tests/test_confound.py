@@ -180,6 +180,39 @@ def test_function_kept_doses_move_ke_both_ways_and_leave_the_logits(family):
     assert unmodified.logit_change == 0 and math.isnan(unmodified.factor)
 
 
+
+def test_function_kept_experiment_moves_each_stage_towards_the_other(family):
+    """Both ways, one dose: the late checkpoint raised towards the early one's KE and the early one
+    lowered towards the late one's (0.45 of the way: in the miniature family both targets are then
+    within what q can reach from either side), each next to its unmodified run; the function kept throughout."""
+    ckpts, root = family
+    setup = builtin_setup(COSINE, n_background=60, n_heldout=10, root=root)
+    stream = StreamConfig(rounds=2, interval=2, batch_size=4, seq_len=256, max_injected_rows=2)
+    texts = builtin_texts("heldout", 10, COSINE, root)
+    subject = Subject("builtin:mini", [ckpts[1], ckpts[-1]], texts, "mini")
+    results, logs = confound.function_kept_experiment([subject], setup, stream, TrainConfig(lr=3e-3, warmup=1),
+                                                      doses=1, reach=0.45, eval_every=1, progress=False)
+    own = confound.stage_table([subject]).set_index("step")["normalized"]
+    early, late = ckpts[1].step, ckpts[-1].step
+    assert results["step"].tolist() == [late, late, early, early]
+    gap = 0.45 * (own[early] - own[late])
+    assert results["normalized"].tolist() == pytest.approx([own[late], own[late] + gap, own[early], own[early] - gap],
+                                                           abs=2e-4)
+    assert (results["logit_change"] < 1e-4).all() and (results["pretrain_seed"] == 0).all()
+    assert set(logs["label"]) == {"unmodified", f"KE set to {own[late] + gap:.3f}", f"KE set to {own[early] - gap:.3f}"}
+
+
+def test_dose_slopes_are_the_least_squares_slope_per_seed_then_a_t_interval():
+    ke = np.array([0.90, 0.92, 0.94])
+    rows = [{"step": 1200, "pretrain_seed": seed, "normalized": x, "gain": slope * x + seed, "flat": 1.0}
+            for seed, slope in enumerate((10.0, 20.0)) for x in ke]
+    table = confound.dose_slopes(pd.DataFrame(rows), ["gain", "flat"]).set_index("measure")
+    assert table.loc["gain", "slope"] == pytest.approx(0.15)  # (10 + 20) / 2 per unit of KE, x 0.01
+    assert table.loc["gain", "n"] == 2 and table.loc["gain", "low"] < 0.15 < table.loc["gain", "high"]
+    half = 12.706205 * (0.2 - 0.1) / math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) x sd / sqrt(n)
+    assert table.loc["gain", "high"] - 0.15 == pytest.approx(half, rel=1e-5)
+    assert table.loc["flat", "slope"] == pytest.approx(0.0, abs=1e-12)
+
 def test_anneal_experiment_holds_ke_and_changes_the_lr_history(tmp_path):
     """The annealed twin's last checkpoint sits at a tenth of the constant one's LR, so 'study'
     re-warms it 10x and the constant one 1x; the differences are annealed minus constant."""

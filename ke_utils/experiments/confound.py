@@ -221,6 +221,45 @@ def function_kept_doses(checkpoint: Checkpoint, targets: Sequence[float | None],
     return pd.DataFrame(results), pd.concat(logs, ignore_index=True)
 
 
+
+def function_kept_experiment(subjects: Sequence[Subject], setup: KnowledgeSetup, stream_config: StreamConfig,
+                             train_config: TrainConfig, seeds: Sequence[int] = (0,), doses: int = 3,
+                             reach: float = 1.0, lr_of: Callable[[Checkpoint], float] | None = None, eval_every: int = 2,
+                             device: str = "cpu", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`function_kept_doses` both ways for each subject (one pretraining seed each): its last
+    stage's KE raised towards its first stage's, and its first stage's lowered towards its last's,
+    in ``doses`` equal steps over ``reach`` of the gap (1: the last dose reaches the other stage's
+    KE), plus each unmodified.
+    Rows gain ``subject`` and ``pretrain_seed`` (index in ``subjects``); logs the same."""
+    results, logs = [], []
+    for index, subject in enumerate(tqdm(subjects, desc="function kept: pretraining seeds", disable=not progress)):
+        ke = stage_table([subject]).set_index("step")["normalized"]
+        early, late = subject.checkpoints[0], subject.checkpoints[-1]
+        for checkpoint, start, end in ((late, ke[late.step], ke[early.step]), (early, ke[early.step], ke[late.step])):
+            targets = [None, *(start + (end - start) * reach * (i + 1) / doses for i in range(doses))]
+            result, log = function_kept_doses(checkpoint, targets, setup, stream_config, train_config, subject.texts,
+                                              seeds, eval_every, device, lr_of)
+            results.append(result.assign(subject=subject.name, pretrain_seed=index))
+            logs.append(log.assign(subject=subject.name, pretrain_seed=index))
+    return pd.concat(results, ignore_index=True), pd.concat(logs, ignore_index=True)
+
+
+def dose_slopes(results: pd.DataFrame, columns: Sequence[str], per: float = 0.01,
+                confidence: float = 0.95) -> pd.DataFrame:
+    """From rows of :func:`function_kept_experiment`: per pretraining seed and starting checkpoint,
+    the least-squares slope of each outcome on the KE reached (``normalized``), in outcome units per
+    ``per`` of normalised KE, over the doses and data orders; then the mean over seeds with a
+    Student-t interval (``n`` seeds). The function is the same at every dose, so a slope is what
+    KE (or the rescaling that moved it) does by itself."""
+    rows = []
+    for step, at_step in results.groupby("step"):
+        for column in columns:
+            slopes = [np.polyfit(group["normalized"], group[column], 1)[0] * per
+                      for _, group in at_step.dropna(subset=[column]).groupby("pretrain_seed") if len(group) > 1]
+            mean, low, high = mean_interval(slopes, confidence) if slopes else (float("nan"),) * 3
+            rows.append({"step": step, "measure": column, "slope": mean, "low": low, "high": high, "n": len(slopes)})
+    return pd.DataFrame(rows)
+
 def pretraining_seeds(subject: str, seeds: Sequence[int]) -> list[str]:
     """The names of a built-in family pretrained with each of ``seeds`` (``"builtin:decayed"`` ->
     ``"builtin:decayed-seed1"``, ...; see :func:`~ke_utils.pretrain.family_config`). Any other
