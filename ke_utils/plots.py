@@ -89,7 +89,9 @@ def plot_layer_entropy(frame: pd.DataFrame, axes=None):
     im = axes[1].imshow(delta.T, aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim)
     axes[1].set_xticks(range(len(frame)), frame["step"], rotation=90, fontsize=7)
     axes[1].set_xlabel("checkpoint (step)")
-    axes[1].set_ylabel("layer")
+    axes[1].set_ylabel("layer (0-based)")
+    from matplotlib.ticker import MaxNLocator
+    axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))  # one tick per layer, no half layers
     axes[1].set_title("change of H_l / ln d_ff from the first checkpoint", fontsize=9)
     fig.colorbar(im, ax=axes[1])
     fig.tight_layout()
@@ -295,6 +297,41 @@ def plot_lr_sweep(differences: pd.DataFrame, peaks: pd.Series, labels: dict[str,
     fig.tight_layout()
     return fig
 
+
+
+def plot_function_kept(results: pd.DataFrame, logs: pd.DataFrame, labels: dict[str, str], axes=None):
+    """KE moved with the function kept (:func:`~ke_utils.experiments.confound.function_kept_experiment`).
+    First panel: normalised KE during continued training, one line per dose (colour: starting
+    checkpoint; dotted: unmodified), for the first pretraining seed and data order: does KE stay
+    moved? Then one panel per outcome in ``labels`` (column -> axis label): the outcome against the
+    KE reached by the edit, a point per run, with each pretraining seed's least-squares line."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 1 + len(labels), figsize=(4.2 * (1 + len(labels)), 3.6), squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    colours = dict(zip(sorted(results["step"].unique()), ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    first = logs[(logs["pretrain_seed"] == logs["pretrain_seed"].min()) & (logs["seed"] == logs["seed"].min())]
+    for (step, label), run in first.groupby(["checkpoint", "label"]):
+        axes[0].plot(run["step"], run["ke_normalized"], color=colours[step],
+                     linestyle=":" if label == "unmodified" else "-", linewidth=1.2)
+    axes[0].set_xlabel("step of continued training")
+    axes[0].set_ylabel("KE (normalised)")
+    axes[0].set_title("does KE stay moved? (dotted: unmodified)", fontsize=10)
+    for ax, (column, label) in zip(axes[1:], labels.items()):
+        for step, colour in colours.items():
+            at_step = results[results["step"] == step].dropna(subset=[column])
+            ax.scatter(at_step["normalized"], at_step[column], color=colour, s=14,
+                       label=f"from step {step}" if ax is axes[1] else None)
+            for _, seed in at_step.groupby("pretrain_seed"):
+                if len(seed) > 1:
+                    slope, intercept = np.polyfit(seed["normalized"], seed[column], 1)
+                    x = np.array([seed["normalized"].min(), seed["normalized"].max()])
+                    ax.plot(x, slope * x + intercept, color=colour, linewidth=0.8, alpha=0.7)
+        ax.set_xlabel("KE reached by the edit (normalised)")
+        ax.set_title(label, fontsize=10)
+    axes[1].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
 
 def plot_update_attribution(rows: pd.DataFrame, axes=None):
     """Notebook 06, one line per ``label`` over its starting checkpoints (x: their normalised KE):

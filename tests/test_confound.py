@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 from helpers import MINI, no_module_copies
-from ke_utils import study
+from ke_utils import plots, study
 from ke_utils.experiments import confound
 from ke_utils.memory.batching import text_batches
 from ke_utils.checkpoint_sweep import sweep
@@ -200,6 +200,10 @@ def test_function_kept_experiment_moves_each_stage_towards_the_other(family):
                                                            abs=2e-4)
     assert (results["logit_change"] < 1e-4).all() and (results["pretrain_seed"] == 0).all()
     assert set(logs["label"]) == {"unmodified", f"KE set to {own[late] + gap:.3f}", f"KE set to {own[early] - gap:.3f}"}
+    fig = plots.plot_function_kept(results, logs, {"heldout_loss_change": "held-out loss change"})
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 4  # 2 starting checkpoints x (unmodified, moved)
+    points = np.concatenate([c.get_offsets() for c in fig.axes[1].collections])
+    assert sorted(points[:, 0]) == pytest.approx(sorted(results["normalized"]))
 
 
 def test_dose_slopes_are_the_least_squares_slope_per_seed_then_a_t_interval():
