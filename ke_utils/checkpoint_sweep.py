@@ -139,7 +139,7 @@ def sweep(
         freed |= _delete_downloads([c for c in checkpoints if results.get(c.name) is not None], progress)
     load_options = {"dtype": dtype, "device": device, **({"attn_implementation": "eager"} if related else {})}
     for ckpt, model in tqdm(iter_models(missing, **load_options), total=len(missing), desc="checkpoints",
-                            unit="ckpt", disable=not progress):
+                            unit="ckpt", disable=not progress or not missing):  # all cached: no empty 0/0 bar
         extra = RelatedMeasures(model, weighting) if related else None
         means = coefficient_means(model, batches, weighting, on_batch=extra)
         info = {**(extra.result() if extra else {}), "version": MEASUREMENT_VERSION,
