@@ -312,9 +312,11 @@ def train_and_evaluate(model, tokenizer, setup: KnowledgeSetup, stream_config: S
 
 
 def run_stage(checkpoint: Checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, train_config: TrainConfig,
-              eval_every: int = 0, device: str = "cpu", progress: bool = False) -> pd.DataFrame:
-    """Load ``checkpoint`` and :func:`train_and_evaluate` it; the evaluation log with its ``checkpoint`` step."""
+              eval_every: int = 0, device: str = "cpu", progress: bool = False,
+              scale: ScaleConfig = ScaleConfig()) -> pd.DataFrame:
+    """Load ``checkpoint`` and :func:`train_and_evaluate` it (in ``scale``'s micro-batches); the
+    evaluation log with its ``checkpoint`` step."""
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, revision=checkpoint.revision)
     model = load_checkpoint(checkpoint, device=device)
-    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_every, progress, checkpoint)
+    log = train_and_evaluate(model, tokenizer, setup, stream_config, train_config, eval_every, progress, checkpoint, scale)
     return log.assign(checkpoint=checkpoint.step)

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from ..checkpoints import load_checkpoint
-from ..continual import TrainConfig, run_stage, start_training
+from ..continual import ScaleConfig, TrainConfig, run_stage, start_training
 from ..outcomes import late_gain, outcome
 from ..probes import probe_table, score_probes
 from ..report import Finding
@@ -67,16 +67,17 @@ def first_round(checkpoint, setup: KnowledgeSetup, stream_config: StreamConfig, 
 
 def stage_experiment(checkpoints, setup: KnowledgeSetup, stream_config: StreamConfig = StreamConfig(),
                      train_config: TrainConfig = TrainConfig(), seeds: Sequence[int] = (0,), eval_every: int = 0,
-                     device: str = "cpu", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     device: str = "cpu", progress: bool = True,
+                     scale: ScaleConfig = ScaleConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The same continued training from every checkpoint, for each seed (the seed sets the data
     order and the training randomness; every checkpoint sees the same order for a seed),
-    evaluated before, after every ``eval_every``-th injection round (0: never) and at the end.
-    Returns ``(results, logs)``: one row per (checkpoint, seed) with :func:`outcome`, and the logs."""
+    evaluated before, after every ``eval_every``-th injection round (0: never) and at the end;
+    ``scale``: micro-batches (gradient accumulation) and gradient checkpointing. Returns ``(results, logs)``: one row per (checkpoint, seed) with :func:`outcome`, and the logs."""
     results, logs = [], []
     runs = [(c, s) for s in seeds for c in checkpoints]
     for ckpt, seed in tqdm(runs, desc="stages x seeds", disable=not progress):
         log = run_stage(ckpt, setup, dataclasses.replace(stream_config, seed=seed),
-                        dataclasses.replace(train_config, seed=seed), eval_every, device)
+                        dataclasses.replace(train_config, seed=seed), eval_every, device, scale=scale)
         logs.append(log.assign(seed=seed))
         results.append({"step": ckpt.step, "seed": seed, **outcome(log)})
     return pd.DataFrame(results), pd.concat(logs, ignore_index=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..continual import TrainConfig, train_and_evaluate
+from ..continual import ScaleConfig, TrainConfig, train_and_evaluate
 from ..evaluation import evaluator
 from ..memory.entropy import coefficient_means, knowledge_entropy
 from ..memory.reactivation import kept, reactivate, restore
@@ -46,14 +46,14 @@ def variant_grid(ratios=(0.5,), factors=(1.0, 2.0, 3.0), controls=((0.5, 2.0),),
 
 def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], batches: list[dict], stream_config=None,
                             train_config=None, seeds=(0,), progress: bool = True,
-                            checkpoint=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                            checkpoint=None, scale: ScaleConfig = ScaleConfig()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reactivate ``model`` as each variant (coefficient means measured on ``batches``, e.g.
     :func:`~ke_utils.memory.batching.text_batches`), measure its KE on the same batches, and continue
     training it on ``setup``'s stream (same data order for every variant of a seed). One model is
     on the device: the weights as given are kept in host memory and put back before each variant
     is made in place (:func:`~ke_utils.memory.reactivation.kept`), and ``model`` is left as it was given
     (values, dtype, mode; ``checkpoint``: where it was loaded from, for the ``matched`` and
-    ``resumed`` protocols). Acquisition and retention are relative to the *unmodified* model, so a
+    ``resumed`` protocols; ``scale``: micro-batches and gradient checkpointing). Acquisition and retention are relative to the *unmodified* model, so a
     modification that hurts before training is not counted as acquisition.
     Returns ``(results, logs)``: one row per (variant, seed), and the evaluation logs."""
     stream_config, train_config = stream_config or StreamConfig(), train_config or TrainConfig()
@@ -69,7 +69,7 @@ def reactivation_experiment(model, tokenizer, setup, variants: list[Variant], ba
             _, report = reactivate(model, means, variant.ratio, variant.factor, variant.select, inplace=True, seed=seed)
             ke = knowledge_entropy(coefficient_means(model, batches))
             log = train_and_evaluate(model, tokenizer, setup, dataclasses.replace(stream_config, seed=seed),
-                                     dataclasses.replace(train_config, seed=seed), checkpoint=checkpoint)
+                                     dataclasses.replace(train_config, seed=seed), checkpoint=checkpoint, scale=scale)
             start = log.iloc[0]
             results.append({"variant": variant.name, "select": variant.select, "ratio": variant.ratio,
                             "factor": variant.factor, "seed": seed, "exact": report.exact, "ke": ke.total,
