@@ -77,6 +77,11 @@ def test_student_copy_runs_to_the_end(tmp_path):
     error): each check says the exercise is not done and the notebook goes on with ke_utils' implementation."""
     from nbclient import NotebookClient
 
+    from ke_utils.pretrain import NOTEBOOK_FAMILIES, builtin_families
+
+    # The notebook families, both at once (side by side on 2 cores, as conftest.py builds them for nbval),
+    # rather than one here inside the kernel and the other later: on a fresh clone this runs first.
+    builtin_families(NOTEBOOK_FAMILIES, progress=False)
     copy = tmp_path / "01_what_is_knowledge_entropy.ipynb"
     shutil.copy(NOTEBOOKS / STUDENT_DIR / copy.name, copy)
     notebook = nbformat.read(copy, as_version=4)
