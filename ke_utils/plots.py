@@ -229,6 +229,32 @@ def plot_training_curves(logs: pd.DataFrame, columns: dict[str, str], by: str = 
     return fig
 
 
+
+def plot_run_curves(logs: pd.DataFrame, injected: str, control: str, by: str = "run", ncols: int = 3, axes=None):
+    """Small multiples: one panel per value of ``by`` (e.g. protocol and starting checkpoint), each with
+    the ``injected`` people's column of the evaluation logs (solid) and the ``control`` people's
+    (dashed) against the continued-training step, mean over seeds; every panel on the same y axis."""
+    names = list(dict.fromkeys(logs[by]))
+    if axes is None:
+        nrows = -(-len(names) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.5 * nrows), sharex=True, sharey=True, squeeze=False)
+    axes = np.asarray(axes).ravel()
+    fig = axes[0].figure
+    for ax, name in zip(axes, names):
+        run = logs[logs[by] == name]
+        for column, style in ((injected, "-"), (control, "--")):
+            curve = run.dropna(subset=[column]).groupby("step")[column].mean()
+            ax.plot(curve.index, curve.values, style, marker=".", color="tab:blue" if style == "-" else "0.45",
+                    label="injected people" if style == "-" else "control people")
+        ax.set_title(str(name), fontsize=9)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.supxlabel("continued-training step", fontsize=9)
+    fig.supylabel("log-probability of the probes' answers (nats per token)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
 PROTOCOL_MARKERS = {"study": "o", "matched": "s", "resumed": "^"}
 
 

@@ -106,6 +106,16 @@ def test_stage_and_variant_figures():
     assert [list(l.get_ydata()) for l in lines] == [[-5.0, -3.0], [-6.0, -3.1]]
 
 
+def test_run_curves_are_one_panel_per_run_on_a_shared_axis():
+    logs = pd.DataFrame({"run": ["a"] * 4 + ["b"] * 4, "seed": [0, 1] * 4, "step": [0, 0, 6, 6] * 2,
+                         "k": [-5.0, -7.0, -3.0, -3.0, -6.0, -6.0, -4.0, -2.0], "c": [-5.0] * 8})
+    fig = plots.plot_run_curves(logs, "k", "c", ncols=3)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["a", "b"] and len(fig.axes) == 3  # the third panel hidden
+    assert [list(line.get_ydata()) for line in visible[0].lines] == [[-6.0, -3.0], [-5.0, -5.0]]  # mean over seeds
+    assert visible[0].get_shared_y_axes().joined(visible[0], visible[1])
+
+
 def test_ke_and_lr_and_protocol_figures_draw_their_data():
     frame = pd.DataFrame({"step": [0, 10, 100], "normalized": [0.99, 0.95, 0.93], "lr": [0.0, 3e-3, 3e-4]})
     fig = plots.plot_ke_and_lr({"decayed": frame})
