@@ -75,6 +75,20 @@ class Finding:
         return bool(self.observed)
 
 
+
+def verdict(claim: Finding, more: str, less: str, threshold: float, unit: str = "", caveat: str = "one pretraining seed",
+            spread_too: bool = False) -> str:
+    """One run's answer to a claim whose ``value`` is a difference: ``"in this run: <more>, by x"`` where
+    the finding was observed, ``"in this run: <less>, by x"`` where the difference is below
+    ``-threshold``, else "not distinguishable at this threshold" with the difference (``spread_too``:
+    the finding also needed 2 x the spread over data orders)."""
+    if claim:
+        return f"in this run: {more}, by {claim.value:.3f}{unit} ({caveat})"
+    if claim.value < -threshold:
+        return f"in this run: {less}, by {-claim.value:.3f}{unit} ({caveat})"
+    return (f"not distinguishable at this threshold (difference {claim.value:+.3f}{unit}; it counts above {threshold}{unit}"
+            + (" and 2 x the spread over data orders)" if spread_too else ")"))
+
 def record(findings: Mapping[str, Finding], builtin: bool) -> None:
     """State every finding with :func:`finding`; the checks are asserted when the subject is a
     ``builtin`` family (on any other model they are printed like the rest)."""

@@ -247,6 +247,20 @@ def test_with_one_seed_the_minimum_difference_decides():
                "retention"]
     claims = list(findings(pd.DataFrame(rows, columns=columns).assign(normalized=[0.90, 0.95])).values())
     assert [bool(c) for c in claims[1:3]] == [False, False]  # +0.04 nats and +0.004 in A: below the minimums, whatever the (zero) spread
+    summary = pd.DataFrame(rows, columns=columns).assign(normalized=[0.90, 0.95])
+    lines = variants.summary_lines(findings(summary), summary, 0.05, 0.01, n_seeds=1, builtin=False)
+    assert lines[0] == "Did lifting the least-used neurons raise KE? YES" and len(lines) == 4  # no control: no 5th question
+    assert "not distinguishable at this threshold (difference +0.040 nats; it counts above 0.05 nats)" in lines[1]
+    assert "retention 0.67 unmodified, 0.42-0.42 reactivated" in lines[3]
+
+
+def test_a_verdict_says_which_way_one_run_went():
+    from ke_utils.report import Finding, verdict
+
+    assert verdict(Finding(True, 0.12), "more", "less", 0.05, " nats") == "in this run: more, by 0.120 nats (one pretraining seed)"
+    assert verdict(Finding(False, -0.08), "more", "less", 0.05) == "in this run: less, by 0.080 (one pretraining seed)"
+    assert verdict(Finding(False, 0.03), "more", "less", 0.05, spread_too=True) == (
+        "not distinguishable at this threshold (difference +0.030; it counts above 0.05 and 2 x the spread over data orders)")
 
 
 def test_first_round_is_the_start_of_the_stage_run(mini):

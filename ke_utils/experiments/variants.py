@@ -15,7 +15,7 @@ from ..evaluation import evaluator
 from ..memory.entropy import coefficient_means, knowledge_entropy
 from ..memory.reactivation import kept, reactivate, restore
 from ..outcomes import outcome, retention
-from ..report import Finding
+from ..report import Finding, verdict
 from ..stream import StreamConfig
 
 MEASURE = "gain_beyond_control_paraphrase_mem"  # ours: nats gained by the injected people beyond the controls
@@ -126,6 +126,41 @@ def findings(summary: pd.DataFrame, control: str = "p=0.5 q=2", min_gain: float 
             bool(lead > margin), lead)
     return out
 
+
+
+# Between pretraining seeds, one checkpoint's gain beyond control varies this much (docs/is_it_the_entropy.md).
+SEED_SPREAD = ("one pretraining seed; between pretraining seeds the gain beyond control of one checkpoint has a standard "
+               "deviation of 0.03-0.20 nats, see docs/is_it_the_entropy.md")
+
+
+def summary_lines(findings: dict[str, Finding], summary: pd.DataFrame, min_gain: float, min_a: float, n_seeds: int,
+                  builtin: bool) -> list[str]:
+    """Notebook 04's answer to the study's resuscitation claim, one line per question, from
+    :func:`findings` (in its order) and ``summary``: each difference as :func:`~ke_utils.report.verdict`
+    words it for one run."""
+    base, lifted = baseline_and_lifted(summary)
+    raised, *claims = findings.values()
+    spread = n_seeds > 1
+    lines = ["Did lifting the least-used neurons raise KE? "
+             + ("YES (asserted above for the built-in model)" if builtin else ("YES" if raised else "NO")),
+             "Did a reactivated checkpoint then acquire more beyond the controls? "
+             + verdict(claims[0], "the best reactivated variant gained more than the unmodified checkpoint",
+                       "every reactivated variant gained less than the unmodified checkpoint, the best", min_gain,
+                       " nats", SEED_SPREAD, spread),
+             "By the study's A? " + verdict(claims[1], "the best reactivated variant's A is higher than the unmodified "
+                                            "checkpoint's", "every reactivated variant's A is lower, the best's", min_a,
+                                            spread_too=spread),
+             f"Did it forget less? in this run: {'every' if claims[2] else 'not every'} reactivated variant retained more "
+             f"(retention {base['retention']:.2f} unmodified, {lifted['retention'].min():.2f}-{lifted['retention'].max():.2f} "
+             "reactivated; one pretraining seed)"]
+    if len(claims) > 3:
+        lines += ["Did it beat the same factors on random or most-used neurons? "
+                  + verdict(claims[3], "the least-used neurons gained more beyond the controls than the best of those",
+                            "the least-used neurons gained less than the best of those", min_gain, " nats", SEED_SPREAD,
+                            spread),
+                  "So in this run more entropy, not just larger weights, made the difference." if claims[3] else
+                  "So this run cannot tell spreading use apart from making weights larger."]
+    return lines
 
 def key_numbers(summary: pd.DataFrame) -> dict[str, float | str]:
     """KE, gain beyond control, A and retention of the unmodified checkpoint and the best reactivated variant."""
