@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 import torch
@@ -90,7 +91,6 @@ def plot_layer_entropy(frame: pd.DataFrame, axes=None):
     axes[1].set_xticks(range(len(frame)), frame["step"], rotation=90, fontsize=7)
     axes[1].set_xlabel("checkpoint (step)")
     axes[1].set_ylabel("layer (0-based)")
-    from matplotlib.ticker import MaxNLocator
     axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))  # one tick per layer, no half layers
     axes[1].set_title("change of H_l / ln d_ff from the first checkpoint", fontsize=9)
     fig.colorbar(im, ax=axes[1])
@@ -229,7 +229,6 @@ def plot_training_curves(logs: pd.DataFrame, columns: dict[str, str], by: str = 
     return fig
 
 
-
 def plot_run_curves(logs: pd.DataFrame, injected: str, control: str, by: str = "run", ncols: int = 3, axes=None):
     """Small multiples: one panel per value of ``by`` (e.g. protocol and starting checkpoint), each with
     the ``injected`` people's column of the evaluation logs (solid) and the ``control`` people's
@@ -254,6 +253,7 @@ def plot_run_curves(logs: pd.DataFrame, injected: str, control: str, by: str = "
     fig.supylabel("log-probability of the probes' answers (nats per token)", fontsize=9)
     fig.tight_layout()
     return fig
+
 
 PROTOCOL_MARKERS = {"study": "o", "matched": "s", "resumed": "^"}
 
@@ -324,7 +324,6 @@ def plot_lr_sweep(differences: pd.DataFrame, peaks: pd.Series, labels: dict[str,
     return fig
 
 
-
 def plot_function_kept(results: pd.DataFrame, logs: pd.DataFrame, labels: dict[str, str], axes=None):
     """KE moved with the function kept (:func:`~ke_utils.experiments.confound.function_kept_experiment`).
     First panel: normalised KE during continued training, one line per dose (colour: starting
@@ -358,6 +357,7 @@ def plot_function_kept(results: pd.DataFrame, logs: pd.DataFrame, labels: dict[s
     axes[1].legend(fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
 
 def plot_update_attribution(rows: pd.DataFrame, axes=None):
     """Notebook 06, one line per ``label`` over its starting checkpoints (x: their normalised KE):

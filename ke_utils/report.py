@@ -75,7 +75,6 @@ class Finding:
         return bool(self.observed)
 
 
-
 def verdict(claim: Finding, more: str, less: str, threshold: float, unit: str = "", caveat: str = "one pretraining seed",
             spread_too: bool = False) -> str:
     """One run's answer to a claim whose ``value`` is a difference: ``"in this run: <more>, by x"`` where
@@ -88,6 +87,7 @@ def verdict(claim: Finding, more: str, less: str, threshold: float, unit: str = 
         return f"in this run: {less}, by {-claim.value:.3f}{unit} ({caveat})"
     return (f"not distinguishable at this threshold (difference {claim.value:+.3f}{unit}; it counts above {threshold}{unit}"
             + (" and 2 x the spread over data orders)" if spread_too else ")"))
+
 
 def record(findings: Mapping[str, Finding], builtin: bool) -> None:
     """State every finding with :func:`finding`; the checks are asserted when the subject is a

@@ -221,7 +221,6 @@ def function_kept_doses(checkpoint: Checkpoint, targets: Sequence[float | None],
     return pd.DataFrame(results), pd.concat(logs, ignore_index=True)
 
 
-
 def function_kept_experiment(subjects: Sequence[Subject], setup: KnowledgeSetup, stream_config: StreamConfig,
                              train_config: TrainConfig, seeds: Sequence[int] = (0,), doses: int = 3,
                              reach: float = 1.0, lr_of: Callable[[Checkpoint], float] | None = None, eval_every: int = 2,
@@ -259,6 +258,7 @@ def dose_slopes(results: pd.DataFrame, columns: Sequence[str], per: float = 0.01
             mean, low, high = mean_interval(slopes, confidence) if slopes else (float("nan"),) * 3
             rows.append({"step": step, "measure": column, "slope": mean, "low": low, "high": high, "n": len(slopes)})
     return pd.DataFrame(rows)
+
 
 def pretraining_seeds(subject: str, seeds: Sequence[int]) -> list[str]:
     """The names of a built-in family pretrained with each of ``seeds`` (``"builtin:decayed"`` ->

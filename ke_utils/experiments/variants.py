@@ -127,7 +127,6 @@ def findings(summary: pd.DataFrame, control: str = "p=0.5 q=2", min_gain: float 
     return out
 
 
-
 # Between pretraining seeds, one checkpoint's gain beyond control varies this much (docs/is_it_the_entropy.md).
 SEED_SPREAD = ("one pretraining seed; between pretraining seeds the gain beyond control of one checkpoint has a standard "
                "deviation of 0.03-0.20 nats, see docs/is_it_the_entropy.md")
@@ -161,6 +160,7 @@ def summary_lines(findings: dict[str, Finding], summary: pd.DataFrame, min_gain:
                   "So in this run more entropy, not just larger weights, made the difference." if claims[3] else
                   "So this run cannot tell spreading use apart from making weights larger."]
     return lines
+
 
 def key_numbers(summary: pd.DataFrame) -> dict[str, float | str]:
     """KE, gain beyond control, A and retention of the unmodified checkpoint and the best reactivated variant."""
