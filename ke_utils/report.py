@@ -1,16 +1,18 @@
 """How notebooks state results: findings checked in code, and the key numbers the main job collects.
 
 Every experiment module (:mod:`ke_utils.experiments`) has the same pair: ``findings(...)``, a
-``{claim: Finding}`` that :func:`record` states, and ``key_numbers(...)``, a flat dict for
-:func:`key_numbers`."""
+``{claim: Finding}`` that :func:`record` states as one compact table (:func:`results_table`), and
+``key_numbers(...)``, a flat dict for :func:`key_numbers`."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 KEY_NUMBERS_FILE = "key_numbers.json"
 FINDINGS_FILE = "findings.json"
@@ -49,14 +51,19 @@ def read_findings(folder: str | Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def _write_finding(claim: str, observed: bool, required: bool, value: float | None) -> None:
+    """Append one finding to ``$KE_RESULTS_DIR/findings.json`` (see :func:`_append`)."""
+    _append(FINDINGS_FILE, {"claim": claim, "observed": bool(observed), "required": required,
+                            **({} if value is None else {"value": float(value)})})
+
+
 def finding(claim: str, observed: bool, *, required: bool = False, value: float | None = None) -> None:
     """State a finding next to whether this run showed it (and the number behind it, ``value``,
     when given); the main job records it (``findings.json``). With ``required=True`` the notebook
     fails when it did not: only for what holds on every pretraining seed (docs/findings_over_seeds.md)."""
     shown = "" if value is None else f" [{value:.4g}]"
     print(("OBSERVED in this run: " if observed else "NOT observed in this run: ") + claim + shown)
-    _append(FINDINGS_FILE, {"claim": claim, "observed": bool(observed), "required": required,
-                            **({} if value is None else {"value": float(value)})})
+    _write_finding(claim, observed, required, value)
     if required:
         assert observed, f"expected finding not observed: {claim}"
 
@@ -65,14 +72,59 @@ def finding(claim: str, observed: bool, *, required: bool = False, value: float 
 class Finding:
     """Whether a run showed a claim (truthy when it did), the number behind it (``value``), and
     whether it is a ``check``: a finding that holds on every pretraining seed of the built-in
-    families (docs/findings_over_seeds.md), asserted when a notebook runs on them."""
+    families (docs/findings_over_seeds.md), asserted when a notebook runs on them. ``study``: what
+    the study reported for the claim, in words ("not in the study ..." where it has no such claim);
+    ``threshold``: what ``value`` must pass for the claim to count as observed, in words."""
 
     observed: bool
     value: float | None = None
     check: bool = False
+    study: str = ""
+    threshold: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.observed)
+
+
+RESULT_COLUMNS = ["claim", "study", "this run", "threshold", "seeds"]
+ASSERTED = " [asserted on the built-in families]"  # how results_table marks a check
+
+
+def this_run(found: Finding) -> str:
+    """``"yes"`` or ``"no"`` (observed in this run or not), with the number behind it when there is one."""
+    return ("yes" if found else "no") + ("" if found.value is None else f" ({float(found.value):.3g})")
+
+
+def results_table(findings: Mapping[str, Finding], seeds: str) -> pd.DataFrame:
+    """One row per claim, columns :data:`RESULT_COLUMNS`: the claim (checks marked with
+    :data:`ASSERTED`), what the study reported, :func:`this_run`, the threshold, and ``seeds``: the
+    pretraining seeds and data orders this run's numbers come from (:func:`run_seeds`)."""
+    return pd.DataFrame([[claim + (ASSERTED if found.check else ""), found.study, this_run(found), found.threshold, seeds]
+                         for claim, found in findings.items()], columns=RESULT_COLUMNS)
+
+
+def run_seeds(pretrain_seeds: Sequence[int] | None, data_orders: Sequence[int] = ()) -> str:
+    """The seeds column of :func:`results_table`: e.g. ``"pretraining seed 0; data order 0"``
+    (``pretrain_seeds`` None: a hub model's one pretraining run); several are averaged."""
+    def listed(what: str, seeds: Sequence[int]) -> str:
+        return f"{what}s {', '.join(map(str, seeds))} (mean)" if len(seeds) > 1 else f"{what} {seeds[0]}"
+    first = "one pretraining run (the hub's)" if pretrain_seeds is None else listed("pretraining seed", pretrain_seeds)
+    return first + (f"; {listed('data order', data_orders)}" if len(data_orders) else "")
+
+
+@dataclass(frozen=True)
+class ResultsTable:
+    """A :func:`results_table` as a notebook shows it: every claim in full, left-aligned, no index."""
+
+    frame: pd.DataFrame
+
+    def _repr_html_(self) -> str:
+        left = {"selector": "th, td", "props": "text-align: left; vertical-align: top"}
+        return self.frame.style.hide(axis="index").set_table_styles([left]).to_html()
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.max_colwidth", None, "display.width", None):
+            return self.frame.to_string(index=False)
 
 
 def verdict(claim: Finding, more: str, less: str, threshold: float, unit: str = "", caveat: str = "one pretraining seed",
@@ -89,11 +141,15 @@ def verdict(claim: Finding, more: str, less: str, threshold: float, unit: str = 
             + (" and 2 x the spread over data orders)" if spread_too else ")"))
 
 
-def record(findings: Mapping[str, Finding], builtin: bool) -> None:
-    """State every finding with :func:`finding`; the checks are asserted when the subject is a
-    ``builtin`` family (on any other model they are printed like the rest)."""
+def record(findings: Mapping[str, Finding], builtin: bool, seeds: str) -> ResultsTable:
+    """Record every finding for the main job (``findings.json``), assert the checks when the subject
+    is a ``builtin`` family (on any other model they are shown like the rest), and return the
+    :func:`results_table` for the notebook to show (``seeds``: :func:`run_seeds`)."""
     for claim, found in findings.items():
-        finding(claim, found.observed, required=found.check and builtin, value=found.value)
+        _write_finding(claim, found.observed, found.check and builtin, found.value)
+    missed = [claim for claim, found in findings.items() if found.check and builtin and not found]
+    assert not missed, "expected finding not observed: " + "; ".join(missed)
+    return ResultsTable(results_table(findings, seeds))
 
 
 def findings_table(folders: list[str | Path]) -> str:

@@ -63,6 +63,15 @@ def table1(setting: str = BASELINE) -> pd.DataFrame:
     return wide.reindex(columns=["acquisition", "forgetting"]).rename_axis("step").reset_index().rename_axis(None, axis=1)
 
 
+def table1_change(quantity: str, setting: str = BASELINE) -> str:
+    """Table 1's ``quantity`` (``"acquisition"`` or ``"forgetting"``, %) from the study's first to its
+    last checkpoint under ``setting``, in words for a results table."""
+    rows = table1(setting).dropna(subset=[quantity])
+    first, last = rows.iloc[0], rows.iloc[-1]
+    return (f"{quantity[0].upper()} {first[quantity]:g}% at step {int(first['step']):,} → {last[quantity]:g}% at "
+            f"{int(last['step']):,} (OLMo-1B, Table 1)")
+
+
 # Where those four checkpoints are on the Hugging Face hub. The study used the original OLMo-1B run
 # (Groeneveld et al., 2024), whose hub repository is allenai/OLMo-1B (loaded with hf_olmo, the
 # ai2-olmo package); each checkpoint there is a branch named step{N}-tokens{T}B, T = N x 4,194,304
@@ -171,5 +180,7 @@ OLMO_1B_NORMALIZED = tuple(reported("normalized_knowledge_entropy")["value"])  #
 CORRELATION_POINTS = 10
 
 DECAY_CLAIM = "knowledge entropy declines steadily as pretraining advances"
+DECAY_REPORTED = (f"normalised KE {OLMO_1B_NORMALIZED[0]:g} → {OLMO_1B_NORMALIZED[1]:g} from OLMo-1B's first to its last "
+                  "checkpoint (Figure 1, read off the curve)")
 RESUSCITATION_CLAIM = ("lifting the least-used half of the memory neurons (q >= 1) of the final checkpoint raises its KE, "
                        "and it then acquires more and forgets less than the unmodified checkpoint")
