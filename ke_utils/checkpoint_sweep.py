@@ -22,12 +22,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from . import study
 from .memory.batching import measurement_batches, pad_token_id, tokenize_documents
 from .cache import atomic_path, cache_dir, config_key
 from .checkpoints import Checkpoint, checkpoint_fingerprint, duplicate_groups, iter_models
 from .memory.entropy import coefficient_means, knowledge_entropy
 from .hub_cache import delete_revision, format_bytes, hub_cache_dir, revision_disk_bytes
 from .probes import score_probes
+from .report import Finding
 from .stats import Correlation, correlation
 from .memory.related import RelatedMeasures
 
@@ -219,3 +221,32 @@ def trend_after_peak(steps: Sequence[int], ke: Sequence[float]) -> Correlation |
     steps, ke = np.asarray(steps), np.asarray(ke, float)
     peak = trained_peak(steps, ke)
     return correlation(steps[peak:], ke[peak:], "spearman") if peak < len(steps) - 1 else None
+
+
+def findings(frame: pd.DataFrame) -> dict[str, Finding]:
+    """Notebook 02's claims from a :func:`sweep` frame (checkpoints in order): KE declines from the
+    :func:`trained_peak` on (Spearman of KE with step < -0.8; a check, asserted on the built-in
+    families: docs/findings_over_seeds.md), and the last layer loses the most entropy from the peak."""
+    peak = trained_peak(frame["step"], frame["normalized"])
+    rho = trend_after_peak(frame["step"], frame["ke"])
+    per_layer_drop = frame["per_layer"].iloc[-1] - frame["per_layer"].iloc[peak]
+    layer, n_layers = int(per_layer_drop.argmin()), len(per_layer_drop)
+    return {
+        "knowledge entropy declines as pretraining advances (Spearman of KE with step < -0.8 from the trained peak on)":
+            Finding(rho is not None and rho.r < -0.8, rho.r if rho else None, check=True, study=study.DECAY_REPORTED,
+                    threshold="Spearman < -0.8"),
+        "as in the study, the last layer loses the most entropy from the peak":
+            Finding(layer == n_layers - 1, layer, study="the last layer (16 of 16 in OLMo-1B)",
+                    threshold=f"the layer with the largest drop (counted from 0) = {n_layers - 1}"),
+    }
+
+
+def key_numbers(frame: pd.DataFrame) -> dict[str, float]:
+    """KE at the first and last checkpoint, normalised KE at the trained peak and the last, and the
+    Spearman correlation of KE with step over all checkpoints and from the peak on (NaN: none)."""
+    peak = trained_peak(frame["step"], frame["normalized"])
+    rho = trend_after_peak(frame["step"], frame["ke"])
+    return {"ke_first": frame["ke"].iloc[0], "ke_last": frame["ke"].iloc[-1],
+            "normalized_peak": frame["normalized"].iloc[peak], "normalized_last": frame["normalized"].iloc[-1],
+            "spearman_all": correlation(frame["step"], frame["ke"], "spearman").r,
+            "spearman_after_peak": rho.r if rho else float("nan")}

@@ -291,6 +291,9 @@ def test_verdicts_from_hand_made_results():
     logged = frame.assign(retention_logprob_change=[-0.2, -0.5, -0.3, -0.3, -0.4, -0.4, -0.1, -0.1],
                           heldout_loss_change=[0.1, 0.12, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3])
     w = confound_findings(logged, 0.05, 0.03)
+    assert all(f.study and f.threshold for f in w.values())  # the results table's columns
+    assert w["'study': the late checkpoint forgets more"].study.startswith("yes: F 10.5%")  # Table 1, under the study's protocol
+    assert w["'matched': the late checkpoint forgets more"].study.startswith("not tested")
     loses = "'study': the late checkpoint loses more log-probability on the facts it knew (by > 0.05 nats)"
     assert w[loses] and w[loses].value == pytest.approx(0.3) and not w[loses.replace("study", "matched")]
     assert not w["'study': the late checkpoint raises its held-out loss more (the study's general-capability side) (by > 0.05 nats)"]

@@ -224,6 +224,7 @@ def test_reactivation_findings_from_a_hand_made_summary():
     assert base["variant"] == "baseline" and list(lifted["variant"]) == ["least p=0.5 q=1", "least p=0.5 q=2"]
     found = findings(summary)
     claims = list(found.values())
+    assert all(f.study and f.threshold for f in claims)  # the results table's columns
     assert claims[0] and claims[0].check and claims[0].value == pytest.approx(0.03)  # KE rises in both lifted variants
     assert claims[1] and claims[1].value == pytest.approx(0.10)  # +0.10 nats > 0.05 and > 2 x 0.02
     assert not claims[2]  # A +0.008 is less than the one-point minimum

@@ -73,6 +73,7 @@ def _rows(changes: dict | None = None):
 
 def test_findings_follow_their_margins():
     claims = updates.findings(_rows())
+    assert all(f.study and f.threshold for f in claims.values())  # the results table's columns
     ceiling, lower = list(claims)[0], "'study': the late checkpoint's gradient entropy is lower than the early one's"
     assert claims[ceiling] and not claims[lower]
     assert updates.findings(_rows({(1, "gradient_entropy"): 0.694}))[lower]  # 0.006 > 0.005

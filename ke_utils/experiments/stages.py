@@ -11,6 +11,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from .. import study
 from ..checkpoints import load_checkpoint
 from ..continual import ScaleConfig, TrainConfig, run_stage, start_training
 from ..outcomes import late_gain, outcome
@@ -101,30 +102,45 @@ def findings(summary: pd.DataFrame, logs: pd.DataFrame) -> dict[str, Finding]:
     r = correlations(summary)
     k = logs.groupby(["checkpoint", "step"])["logprob_paraphrase_mem"].mean().unstack("step")
     k_before, k_after = k.iloc[:, 0], k.iloc[:, -1]
+    range_before, range_after = k_before.max() - k_before.min(), k_after.max() - k_after.min()
     rising_half = late_gain(logs, "logprob_paraphrase_mem", by="checkpoint", fraction=1 / 2)
     rising = late_gain(logs, "logprob_paraphrase_mem", by="checkpoint")
     gain, ret, exact = summary[MEASURE], summary["retention"], summary["exact_paraphrase_mem"]
     over_once = summary["acquisition_paraphrase_mem"] - summary["acquisition_once_mem"]
+    points = f"OLMo-1B; about {study.CORRELATION_POINTS} checkpoints, inferred from its p-values"
+    r_a, r_f = study.value("pearson_ke_acquisition"), study.value("pearson_ke_forgetting")
+    ours = "not in the study (our check)"
     return {
         "checkpoints with higher KE acquire more new knowledge beyond the controls (r(KE, gain beyond control) > 0.5)":
-            Finding(r["gain"].r > 0.5, r["gain"].r),
+            Finding(r["gain"].r > 0.5, r["gain"].r, study=f"not measured; by its A: r(KE, A) = {r_a:+.2f}",
+                    threshold="Pearson r > 0.5"),
         "checkpoints with higher KE acquire more by the study's A over all probes (r(KE, A) > 0.5)":
-            Finding(r["acquisition"].r > 0.5, r["acquisition"].r),
-        "checkpoints with higher KE forget less (r(KE, F) < -0.5)": Finding(r["forgetting"].r < -0.5, r["forgetting"].r),
+            Finding(r["acquisition"].r > 0.5, r["acquisition"].r, study=f"r(KE, A) = {r_a:+.2f} ({points})",
+                    threshold="Pearson r > 0.5"),
+        "checkpoints with higher KE forget less (r(KE, F) < -0.5)":
+            Finding(r["forgetting"].r < -0.5, r["forgetting"].r, study=f"r(KE, F) = {r_f:+.2f} ({points})",
+                    threshold="Pearson r < -0.5"),
         "the injected people gain more than the control people at every stage (gain beyond control > 0)":
-            Finding(bool((gain > 0).all()), gain.min(), check=True),
+            Finding(bool((gain > 0).all()), gain.min(), check=True, study="not in the study (it has no control people)",
+                    threshold="smallest over stages > 0 nats"),
         "the new facts are far from memorised when a stage ends (exact match < 0.5 at every stage), so no stage "
-        "ends at a ceiling": Finding(bool((exact < 0.5).all()), exact.max(), check=True),
+        "ends at a ceiling": Finding(bool((exact < 0.5).all()), exact.max(), check=True, study=ours,
+                                     threshold="largest over stages < 0.5"),
         "the curves still rise over the second half of every stage (K gains > 0 nats from its midpoint on)":
-            Finding(bool((rising_half > 0).all()), rising_half.min(), check=True),
+            Finding(bool((rising_half > 0).all()), rising_half.min(), check=True, study=ours,
+                    threshold="smallest over stages > 0 nats"),
         "the curves are still rising when the stage ends (K gains > 0.02 nats over its last third, from every checkpoint)":
-            Finding(bool((rising > 0.02).all()), rising.min()),
+            Finding(bool((rising > 0.02).all()), rising.min(), study=ours, threshold="smallest over stages > 0.02 nats"),
         "every stage ends at nearly the same K (range after < half the range before), so differences in A come mostly "
-        "from where each stage starts": Finding(bool(k_after.max() - k_after.min() < 0.5 * (k_before.max() - k_before.min()))),
+        "from where each stage starts": Finding(
+            bool(range_after < 0.5 * range_before), range_after / range_before if range_before > 0 else None, study=ours,
+            threshold="range of K after / range before < 0.5"),
         "new facts seen in many wordings are acquired more than facts seen once (A paraphrase > A once, every stage)":
-            Finding(bool((over_once > 0).all()), over_once.min()),
+            Finding(bool((over_once > 0).all()), over_once.min(),
+                    study="no number for it among the study's (data/study_numbers.csv)", threshold="smallest over stages > 0"),
         "training on other text makes the model forget part of what it knew (retention < 1 at every stage)":
-            Finding(bool((ret < 1).all()), ret.max(), check=True),
+            Finding(bool((ret < 1).all()), ret.max(), check=True, study=study.table1_change("forgetting"),
+                    threshold="largest over stages < 1"),
     }
 
 

@@ -188,9 +188,11 @@ def findings(rows: pd.DataFrame, entropy_margin: float = 0.005, overlap_margin: 
     in every run; the gradient favouring the most-used neurons more than the change does. Last,
     reactivation raising the late checkpoint's gradient entropy, which is expected mechanically
     (a lifted neuron's larger coefficient enlarges its own gradient), not evidence about KE."""
+    predicted, ours = "predicted by its explanation, not measured", "not in the study (our check)"
     out = {f"the update entropy is near its ceiling in every run (normalised > {CEILING}): the parameter change is "
            "spread over nearly all neurons": Finding(bool((rows["update_entropy"] > CEILING).all()),
-                                                     rows["update_entropy"].min())}
+                                                     rows["update_entropy"].min(), study=ours,
+                                                     threshold=f"smallest over runs > {CEILING}")}
     staged = [label for label, run in rows.groupby("label", sort=False) if run["step"].nunique() > 1]
     for label in staged:
         for column, name in (("update_entropy", "update entropy"), ("gradient_entropy", "gradient entropy"),
@@ -198,26 +200,35 @@ def findings(rows: pd.DataFrame, entropy_margin: float = 0.005, overlap_margin: 
                              ("value_gradient_entropy", "value gradient entropy")):
             early, late = _early_late(rows, label, column)
             out[f"'{label}': the late checkpoint's {name} is lower than the early one's"] = Finding(
-                late < early - entropy_margin, late - early)
+                late < early - entropy_margin, late - early, study=predicted,
+                threshold=f"late minus early < -{entropy_margin} (normalised)")
         for column, what in (("used_updated_jaccard", "updates"), ("used_value_updated_jaccard", "value updates")):
             early, late = _early_late(rows, label, column)
             out[f"'{label}': the late checkpoint's {what} land more on its most-used neurons"] = Finding(
-                late > early + overlap_margin, late - early)
+                late > early + overlap_margin, late - early, study=predicted,
+                threshold=f"late minus early Jaccard > {overlap_margin}")
     if len(rows) > 2:
         r = float(rows["ke"].corr(rows["gradient_entropy"]))
-        out["over all runs, gradient entropy rises with KE (Pearson r > 0.5)"] = Finding(r > 0.5, r)
+        out["over all runs, gradient entropy rises with KE (Pearson r > 0.5)"] = Finding(r > 0.5, r, study=predicted,
+                                                                                          threshold="Pearson r > 0.5")
     for column, what in (("used_updated_jaccard", "most-updated neurons"), ("used_value_updated_jaccard", "most-changed values")):
         over_chance = rows[column] / rows["chance_jaccard"]
         out[f"in every run the {what} are more often the most-used ones than chance (by 1.5x)"] = Finding(
-            bool((over_chance > 1.5).all()), over_chance.min())
+            bool((over_chance > 1.5).all()), over_chance.min(), study=predicted,
+            threshold="smallest over runs of Jaccard / chance > 1.5")
+    less_of_gradient = rows["least_used_gradient_share"] - rows["least_used_update_share"]
     out["in every run the gradient favours the most-used neurons more than the change does (the least-used half gets "
-        "a smaller share of it)"] = Finding(bool((rows["least_used_gradient_share"] < rows["least_used_update_share"]).all()))
+        "a smaller share of it)"] = Finding(bool((less_of_gradient < 0).all()), less_of_gradient.max(), study=ours,
+                                            threshold="largest over runs of the least-used half's gradient share "
+                                                      "minus its change share < 0")
     lifted = rows[rows["label"] == "reactivated (study)"]
     if len(lifted) and "study" in set(rows["label"]):
         late = rows[(rows["label"] == "study") & (rows["step"] == lifted["step"].iloc[0])]
         rise = float(lifted["gradient_entropy"].iloc[0] - late["gradient_entropy"].iloc[0])
         out["reactivation raises the late checkpoint's gradient entropy (expected mechanically: a lifted neuron's "
-            "larger coefficient enlarges its own gradient)"] = Finding(rise > entropy_margin, rise)
+            "larger coefficient enlarges its own gradient)"] = Finding(
+            rise > entropy_margin, rise, study="not in the study (a mechanical expectation)",
+            threshold=f"reactivated minus unmodified > {entropy_margin} (normalised)")
     return out
 
 

@@ -100,22 +100,27 @@ def findings(summary: pd.DataFrame, control: str = "p=0.5 q=2", min_gain: float 
     ``min_a`` (A, one percentage point): with one seed the spread is unknown and the minimum alone
     decides. The control claim needs ``least`` and at least one of ``random`` / ``most`` at ``control``."""
     base, lifted = baseline_and_lifted(summary)
+    spread = "and > 2 x the larger spread over seeds"
 
-    def beats(column: str, floor: float) -> Finding:
+    def beats(column: str, floor: float, study: str, unit: str) -> Finding:
         best = lifted.loc[lifted[column].idxmax()]
         margin = best[column] - base[column]
-        return Finding(bool(margin > max(2 * base[f"{column}_std"], 2 * best[f"{column}_std"], floor)), margin)
+        return Finding(bool(margin > max(2 * base[f"{column}_std"], 2 * best[f"{column}_std"], floor)), margin, study=study,
+                       threshold=f"best variant minus unmodified > {floor}{unit} {spread}")
 
     ke_rise = lifted["normalized"] - base["normalized"]
     out = {
         "reactivation (least-used, q >= 1) raises the measured KE in every variant":
-            Finding(bool((ke_rise > 0).all()), ke_rise.min(), check=True),
+            Finding(bool((ke_rise > 0).all()), ke_rise.min(), check=True, study="KE rises (section 4)",
+                    threshold="smallest rise over variants > 0 (normalised KE)"),
         f"a reactivated checkpoint gains more beyond the controls than the unmodified one (by > {min_gain} nats and "
-        "> 2 x the spread over seeds)": beats(MEASURE, min_gain),
+        "> 2 x the spread over seeds)": beats(MEASURE, min_gain, "not measured; by its A, see the next row", " nats"),
         f"a reactivated checkpoint has a higher A (the study's, all probes) than the unmodified one (by > {min_a} and "
-        "> 2 x its spread over seeds)": beats(STUDY_A, min_a),
+        "> 2 x its spread over seeds)": beats(STUDY_A, min_a, "a higher A with q >= 1, by a little (section 4)", ""),
         "every reactivated checkpoint (least-used, q >= 1) retains more than the unmodified one":
-            Finding(bool((lifted["retention"] > base["retention"]).all()), (lifted["retention"] - base["retention"]).min()),
+            Finding(bool((lifted["retention"] > base["retention"]).all()), (lifted["retention"] - base["retention"]).min(),
+                    study="less forgetting with q >= 1 (section 4)",
+                    threshold="smallest over variants of retention minus unmodified > 0"),
     }
     rows = summary.set_index("variant").reindex([f"{s} {control}" for s in ("least", "random", "most")])
     if pd.notna(rows[MEASURE].iloc[0]) and rows[MEASURE].iloc[1:].notna().any():
@@ -123,7 +128,8 @@ def findings(summary: pd.DataFrame, control: str = "p=0.5 q=2", min_gain: float 
         lead = rows[MEASURE].iloc[0] - rows[MEASURE].iloc[1:].max()
         out[f"lifting the least-used neurons gains more beyond the controls than the same factors on random or "
             f"most-used neurons ({control}; by > {min_gain} nats and > 2 x the largest spread over seeds)"] = Finding(
-            bool(lead > margin), lead)
+            bool(lead > margin), lead, study="not tested (the study ran no such control)",
+            threshold=f"least-used minus the best control > {min_gain} nats and > 2 x the largest spread over seeds")
     return out
 
 
