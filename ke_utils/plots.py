@@ -3,10 +3,13 @@ and returns the figure; ``save_figure`` writes it to ``$KE_RESULTS_DIR`` when th
 
 from __future__ import annotations
 
+import itertools
 import os
+import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
@@ -30,12 +33,31 @@ def _step_axis(ax, steps) -> None:
     ax.set_xlabel("training step (log scale)")
 
 
+def _legend_below(fig, handles: list, ncol: int) -> None:
+    """One legend for the whole figure, under its axes (outside the data)."""
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
+
+
+# One colour per run label (protocol, family, modification), the same in every figure that shows runs.
+RUN_COLOURS = {"study": "tab:blue", "matched": "tab:orange", "resumed": "tab:purple", "overtrained (study)": "tab:green",
+               "reactivated": "tab:red", "reactivated (study)": "tab:red", "random neurons": "tab:gray"}
+SPARE_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+# Line style per starting checkpoint where colour already names the run: the latest solid, then dashed, dotted, dash-dotted.
+STAGE_STYLES = ("-", "--", ":", "-.")
+
+
+def run_colour(label: str) -> str:
+    """``label``'s colour from :data:`RUN_COLOURS`; a label not there gets a spare colour chosen by its
+    text, not by its position, so that it too keeps its colour from figure to figure."""
+    return RUN_COLOURS.get(label, SPARE_COLOURS[zlib.crc32(label.encode()) % len(SPARE_COLOURS)])
+
+
 def plot_ke_curve(frame: pd.DataFrame, ax=None, show_study: bool = True):
     """Normalised KE against step, with the size of the study's OLMo-1B change drawn to scale."""
     fig, ax = _axes(ax, figsize=(7, 4))
     ax.plot(frame["step"], frame["normalized"], "o-", label="this run")
     _step_axis(ax, frame["step"])
-    ax.set_ylabel("normalised knowledge entropy  KE / (L ln d_ff)")
+    ax.set_ylabel("normalised KE = KE / (L ln d_ff)")
     change = frame["normalized"].iloc[-1] - frame["normalized"].max()
     ax.set_title(f"Knowledge entropy over pretraining (last vs peak: {change:+.4f})")
     if show_study:
@@ -84,7 +106,7 @@ def plot_layer_entropy(frame: pd.DataFrame, axes=None):
         axes[0].plot(frame["step"], norm[:, layer], "o-", ms=3, label=f"layer {layer}")
     _step_axis(axes[0], frame["step"])
     axes[0].set_ylabel("H_l / ln d_ff")
-    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].legend(fontsize=7, ncol=min(norm.shape[1], 8), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     delta = norm - norm[:1]
     lim = np.abs(delta).max() or 1.0
     im = axes[1].imshow(delta.T, aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim)
@@ -98,24 +120,29 @@ def plot_layer_entropy(frame: pd.DataFrame, axes=None):
     return fig
 
 
-def plot_coefficient_distribution(means: dict[str, torch.Tensor], layer: int, axes=None):
-    """How usage concentrates: sorted share of each memory neuron ``p_l[j]`` (left, log y) and a
-    histogram of ``log10 p_l[j]`` (right) for each labelled ``[n_layers, d_ff]`` means tensor."""
+def plot_coefficient_distribution(means: dict[str, torch.Tensor], layer: int, axes=None, shares: bool = True):
+    """How usage concentrates in ``layer``, for each labelled ``[n_layers, d_ff]`` means tensor: sorted
+    (left, log y) and as a histogram of its log10 (right). ``shares``: each memory neuron's share of the
+    layer's use ``p_l[j]``, against the uniform share; else the coefficient means ``a_l[j]`` themselves,
+    against the layer mean of the first tensor."""
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     fig = axes[0].figure
     for label, m in means.items():
-        p = (m[layer] / m[layer].sum()).double().numpy()
-        axes[0].plot(np.sort(p)[::-1], label=label)
-        axes[1].hist(np.log10(p), bins=40, histtype="step", label=label)
-    uniform = 1 / next(iter(means.values())).shape[1]
-    axes[0].axhline(uniform, color="grey", ls=":", label="uniform")
+        values = (m[layer] / m[layer].sum() if shares else m[layer]).double().numpy()
+        axes[0].plot(np.sort(values)[::-1], label=label)
+        axes[1].hist(np.log10(values), bins=40, histtype="step", label=label)
+    first_label, first = next(iter(means.items()))
+    reference = 1 / first.shape[1] if shares else float(first[layer].double().mean())
+    symbol = "share of use p_l[j]" if shares else "coefficient mean a_l[j]"
+    axes[0].axhline(reference, color="grey", ls=":", label="uniform" if shares else f"layer mean, {first_label}")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("memory neuron, sorted by use")
-    axes[0].set_ylabel("share of use p_l[j]")
+    axes[0].set_ylabel(symbol)
     axes[0].set_title(f"layer {layer}: sorted usage")
-    axes[1].axvline(np.log10(uniform), color="grey", ls=":")
-    axes[1].set_xlabel("log10 p_l[j]")
+    axes[1].axvline(np.log10(reference), color="grey", ls=":")
+    axes[1].set_xlabel(f"log10 {symbol.split()[-1]}")
+    axes[1].set_ylabel("memory neurons")
     axes[1].set_title(f"layer {layer}: distribution")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -210,11 +237,13 @@ def plot_variants(summary: pd.DataFrame, columns: dict[str, str], axes=None):
     return fig
 
 
-def plot_training_curves(logs: pd.DataFrame, columns: dict[str, str], by: str = "checkpoint", axes=None):
-    """Each ``column`` of the evaluation logs against the continued-training step, one line per
-    value of ``by`` (mean over seeds), e.g. new-fact log-probability after every injection round."""
+def plot_training_curves(logs: pd.DataFrame, columns: dict[str, str], ylabel: str, by: str = "checkpoint", axes=None):
+    """Each ``column`` of the evaluation logs (a panel titled with its label) against the
+    continued-training step, one line per value of ``by`` (mean over seeds), every panel on the same
+    y axis (the columns share a unit, ``ylabel``), e.g. new-fact log-probability after every injection round."""
     if axes is None:
-        fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(columns), figsize=(4.4 * len(columns), 4), sharey=True, squeeze=False,
+                                 layout="constrained")
         axes = axes[0]
     fig = axes[0].figure
     for ax, (column, label) in zip(axes, columns.items()):
@@ -223,9 +252,8 @@ def plot_training_curves(logs: pd.DataFrame, columns: dict[str, str], by: str = 
             ax.plot(curves.index, curves[name], marker=".", label=f"{by} {name}")
         ax.set_xlabel("continued-training step")
         ax.set_title(label, fontsize=10)
-        ax.set_ylabel(label, fontsize=8)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    axes[0].set_ylabel(ylabel)
+    _legend_below(fig, axes[0].get_lines(), ncol=len(axes[0].get_lines()))
     return fig
 
 
@@ -262,7 +290,7 @@ def plot_ke_and_lr(families: dict[str, pd.DataFrame], axes=None):
     """Normalised KE (left) and pretraining learning rate (right) per checkpoint, one line per
     family; each frame has ``step``, ``normalized`` and ``lr``."""
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     fig = axes[0].figure
     for name, frame in families.items():
         axes[0].plot(frame["step"], frame["normalized"], "o-", label=name)
@@ -271,17 +299,18 @@ def plot_ke_and_lr(families: dict[str, pd.DataFrame], axes=None):
         _step_axis(ax, next(iter(families.values()))["step"])
         ax.set_ylabel(label)
         ax.set_title(label[0].upper() + label[1:] + " over pretraining", fontsize=10)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    _legend_below(fig, axes[0].get_lines(), ncol=len(families))
     return fig
 
 
 def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=None):
     """Each ``column`` per starting checkpoint (x: its step), one line per ``label`` (mean over
     seeds, the spread as error bars when there are several): solid for the protocols, dashed for
-    other families; labels with one stage (e.g. a reactivated checkpoint) as stars."""
+    other families; labels with one stage (e.g. a reactivated checkpoint) as stars; colours from
+    :func:`run_colour`, one legend below the panels."""
     if axes is None:
-        fig, axes = plt.subplots(1, len(columns), figsize=(4.4 * len(columns), 3.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(columns), figsize=(4.4 * len(columns), 4.2), squeeze=False,
+                                 layout="constrained")
         axes = axes[0]
     fig = axes[0].figure
     for ax, (column, label) in zip(axes, columns.items()):
@@ -290,12 +319,12 @@ def plot_protocol_outcomes(results: pd.DataFrame, columns: dict[str, str], axes=
             protocol, line = rows["protocol"].iloc[0], len(stats) > 1
             marker = PROTOCOL_MARKERS.get(protocol, "*") if name == protocol else ("s" if line else "*")
             ax.errorbar(stats["step"], stats["mean"], yerr=stats["std"].fillna(0), capsize=3, label=name, marker=marker,
-                        markersize=7 if line else 13, linestyle=("-" if name == protocol else "--") if line else "none")
+                        color=run_colour(name), markersize=7 if line else 13,
+                        linestyle=("-" if name == protocol else "--") if line else "none")
         ax.set_xlabel("starting checkpoint (step)")
         ax.set_title(label, fontsize=10)
         ax.set_ylabel(label, fontsize=8)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    _legend_below(fig, axes[0].get_legend_handles_labels()[0], ncol=5)
     return fig
 
 
@@ -360,49 +389,71 @@ def plot_function_kept(results: pd.DataFrame, logs: pd.DataFrame, labels: dict[s
 
 
 def plot_update_attribution(rows: pd.DataFrame, axes=None):
-    """Notebook 06, one line per ``label`` over its starting checkpoints (x: their normalised KE):
-    the entropy of the key gradient (solid) and of the key change (dotted); the same for the values
-    (each neuron's column of the down projection); and the overlap of the most-changed keys (solid)
-    and values (dashed) with the most-used neurons (chance dotted grey)."""
+    """Notebook 06, against the normalised KE of each run's starting checkpoint, one colour per
+    ``label`` (:func:`run_colour`): the entropy of the gradient (solid) and of the change (dotted)
+    over each layer's neurons (top), and the overlap of the most-pushed and the most-changed neurons
+    with the most-used ones (bottom, top 10%, chance dashed grey), for the keys (left) and the
+    values, each neuron's column of the down projection (right)."""
     if axes is None:
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    fig = axes[0].figure
-    for i, (name, run) in enumerate(rows.groupby("label", sort=False)):
-        colour, run = f"C{i}", run.sort_values("ke")
-        for ax, side in ((axes[0], ""), (axes[1], "value_")):
-            ax.plot(run["ke"], run[f"{side}gradient_entropy"], "o-", color=colour, label=f"{name}: gradient")
-            ax.plot(run["ke"], run[f"{side}update_entropy"], "o:", color=colour, markerfacecolor="none",
-                    label=f"{name}: change")
-        axes[2].plot(run["ke"], run["used_updated_jaccard"], "o-", color=colour, label=f"{name}: keys")
-        axes[2].plot(run["ke"], run["used_value_updated_jaccard"], "o--", color=colour, markerfacecolor="none",
-                     label=f"{name}: values")
-    axes[2].axhline(float(rows["chance_jaccard"].iloc[0]), color="0.5", linestyle=":", label="chance")
-    titles = ("keys: entropy of the gradient and of the change\n(normalised, over each layer's neurons)",
-              "values (memory vectors): entropy of the gradient\nand of the change", "most-changed vs most-used neurons\n(top-10% Jaccard)")
-    for ax, title, ylabel in zip(axes, titles, ("normalised entropy", "normalised entropy", "Jaccard index")):
+        fig, axes = plt.subplots(2, 2, figsize=(10, 7.4), sharex=True, sharey="row", layout="constrained")
+    fig = axes[0][0].figure
+    measures = (("{}gradient_entropy", "{}update_entropy"), ("used_{}gradient_jaccard", "used_{}updated_jaccard"))
+    for name, run in rows.groupby("label", sort=False):
+        run, colour = run.sort_values("ke"), run_colour(name)
+        for row, (gradient, change) in zip(axes, measures):
+            for ax, side in zip(row, ("", "value_")):
+                ax.plot(run["ke"], run[gradient.format(side)], "o-", color=colour, label=f"{name}: gradient")
+                ax.plot(run["ke"], run[change.format(side)], "o:", color=colour, markerfacecolor="none",
+                        label=f"{name}: change")
+    for ax in axes[1]:
+        ax.axhline(float(rows["chance_jaccard"].iloc[0]), color="0.5", linestyle="--", linewidth=1)
+    axes[0][0].set_title("keys")
+    axes[0][1].set_title("values (memory vectors)")
+    axes[0][0].set_ylabel("entropy over the layer's neurons\n(normalised)")
+    axes[1][0].set_ylabel("overlap with the most-used neurons\n(top-10% Jaccard)")
+    for ax in axes[1]:
         ax.set_xlabel("normalised KE of the starting checkpoint")
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_title(title, fontsize=10)
-    axes[2].legend(fontsize=7)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.suptitle("Where the gradient and the weight change land, per run", fontsize=11)
+    runs = [Line2D([], [], color=run_colour(name), marker="o", label=name) for name in dict.fromkeys(rows["label"])]
+    styles = [Line2D([], [], color="k", marker="o", label="gradient"),
+              Line2D([], [], color="k", marker="o", linestyle=":", markerfacecolor="none", label="change"),
+              Line2D([], [], color="0.5", linestyle="--", linewidth=1, label="chance (bottom)")]
+    _legend_below(fig, runs + styles, ncol=4)
     return fig
 
 
-def plot_update_by_usage(runs: dict[str, tuple[torch.Tensor, torch.Tensor]], ax=None, what: str = "update"):
-    """Cumulative share of a per-neuron ``mass`` (``what`` it is, for the axis label) over a
-    layer's neurons sorted from least to most used (``usage``), mean over layers, one curve per run
-    (``{name: (usage, mass)}``, tensors ``[n_layers, d_ff]``); the diagonal ignores use."""
-    fig, ax = _axes(ax, figsize=(5, 4.2))
-    for name, (usage, mass) in runs.items():
-        ordered = mass.gather(1, usage.argsort(dim=1)).double()
-        share = (ordered.cumsum(1) / ordered.sum(1, keepdim=True)).mean(0)
-        ax.plot(np.linspace(0, 1, len(share)), share.cpu().numpy(), label=name)
-    ax.plot([0, 1], [0, 1], color="0.5", linestyle=":", label="ignores use")
-    ax.set_xlabel("neurons, least to most used (fraction of the layer)")
-    ax.set_ylabel(f"share of the {what}")
-    ax.set_title(f"Where the {what} goes, by how much each neuron was used", fontsize=10)
-    ax.legend(fontsize=8)
+USAGE_PANELS = {"key_grad": "key gradient", "key_change": "key change", "value_change": "value change"}
+
+
+def _share_by_usage(usage: torch.Tensor, mass: torch.Tensor) -> np.ndarray:
+    """Cumulative share of ``mass`` over each layer's neurons sorted from least to most used, mean over layers."""
+    ordered = mass.gather(1, usage.argsort(dim=1)).double()
+    return (ordered.cumsum(1) / ordered.sum(1, keepdim=True)).mean(0).cpu().numpy()
+
+
+def plot_update_by_usage(tensors: dict, labels: list[str] | None = None, axes=None):
+    """Notebook 06: where the key gradient, the key change and the value change go (a panel each),
+    as the cumulative share over a layer's neurons sorted from least to most used before training,
+    mean over layers. One curve per run of ``tensors`` (``{(label, step): attribution}`` with
+    ``usage``, ``key_grad``, ``key_change``, ``value_change``, ``[n_layers, d_ff]``) whose label is in
+    ``labels`` (None: all): colour from :func:`run_colour`, line style from the starting checkpoint
+    (:data:`STAGE_STYLES`, the latest solid). The diagonal ignores use."""
+    shown = {key: t for key, t in tensors.items() if labels is None or key[0] in labels}
+    styles = dict(zip(sorted({step for _, step in shown}, reverse=True), itertools.cycle(STAGE_STYLES)))
+    if axes is None:
+        fig, axes = plt.subplots(1, len(USAGE_PANELS), figsize=(12, 4.6), sharex=True, sharey=True, layout="constrained")
+    fig = axes[0].figure
+    for ax, (field, what) in zip(axes, USAGE_PANELS.items()):
+        for (name, step), t in shown.items():
+            share = _share_by_usage(t.usage, getattr(t, field))
+            ax.plot(np.linspace(0, 1, len(share)), share, color=run_colour(name), linestyle=styles[step],
+                    label=f"{name} {step}")
+        ax.plot([0, 1], [0, 1], color="0.5", linewidth=0.8, label="ignores use")
+        ax.set_title(what, fontsize=10)
+    axes[0].set_ylabel("cumulative share")
+    axes[len(axes) // 2].set_xlabel("neurons, least to most used before training (fraction of the layer)")
+    fig.suptitle("Where the gradient and the change go, by how much each neuron was used (mean over layers)", fontsize=11)
+    _legend_below(fig, axes[0].get_lines(), ncol=4)
     return fig
 
 

@@ -102,7 +102,7 @@ def test_stage_and_variant_figures():
     points = [line.get_ydata()[0] for line in fig.axes[0].lines if line.get_marker() == "o"]
     assert np.round(points, 3).tolist() == [0.1, 0.2, 0.3] and not fig.axes[0].patches  # points, not bars
     logs = pd.DataFrame({"checkpoint": [10, 10, 20, 20], "step": [0, 6, 0, 6], "k": [-5.0, -3.0, -6.0, -3.1]})
-    lines = plots.plot_training_curves(logs, {"k": "K"}).axes[0].lines
+    lines = plots.plot_training_curves(logs, {"k": "K"}, ylabel="K").axes[0].lines
     assert [list(l.get_ydata()) for l in lines] == [[-5.0, -3.0], [-6.0, -3.1]]
 
 
@@ -128,3 +128,51 @@ def test_ke_and_lr_and_protocol_figures_draw_their_data():
     np.testing.assert_allclose(np.asarray(study_line.get_ydata(), float), [2.0, 0.5])  # mean over seeds
     np.testing.assert_allclose(np.asarray(star.get_ydata(), float), [2.0])
     assert star.get_marker() == "*" and star.get_linestyle() == "None"
+
+
+def _attribution_rows(labels: list[tuple[str, int]]) -> pd.DataFrame:
+    columns = ("gradient_entropy", "update_entropy", "value_gradient_entropy", "value_update_entropy", "used_gradient_jaccard",
+               "used_updated_jaccard", "used_value_gradient_jaccard", "used_value_updated_jaccard")
+    return pd.DataFrame([{"label": label, "step": step, "ke": 1 - step / 1e4, "chance_jaccard": 0.05,
+                          **{c: 0.5 + i / 100 for i, c in enumerate(columns)}} for label, step in labels])
+
+
+def test_a_run_keeps_its_colour_in_both_of_notebook_06s_figures_wherever_it_comes():
+    """Colours come from the label, not from its position: the rows and the tensors list the runs in
+    other orders, and a label outside the table (a custom contrast family) keeps its colour too."""
+    from types import SimpleNamespace
+
+    runs = [("study", 300), ("study", 1200), ("matched", 300), ("custom (study)", 300), ("overtrained (study)", 1200),
+            ("reactivated (study)", 1200)]
+    torch.manual_seed(0)
+    tensors = {run: SimpleNamespace(**{name: torch.rand(2, 16) for name in ("usage", "key_grad", "key_change", "value_change")})
+               for run in reversed(runs)}
+    first = plots.plot_update_attribution(_attribution_rows(runs))
+    second = plots.plot_update_by_usage(tensors, ["reactivated (study)", "custom (study)", "study", "overtrained (study)"])
+    colour = {line.get_label().split(":")[0]: line.get_color() for line in first.axes[0].lines}
+    for ax in second.axes:
+        for line in ax.lines[:-1]:  # the last: the diagonal
+            label, step = line.get_label().rsplit(" ", 1)
+            assert line.get_color() == colour[label] == plots.run_colour(label)
+            assert line.get_linestyle() == ("-" if step == "1200" else "--")  # the latest checkpoint solid
+    alone = plots.plot_update_attribution(_attribution_rows([("custom (study)", 300)]))
+    assert alone.axes[0].lines[0].get_color() == colour["custom (study)"]
+    assert len(set(colour.values())) == len(colour)
+
+
+def test_training_curves_share_one_y_axis():
+    logs = pd.DataFrame({"checkpoint": [10, 10, 20, 20], "step": [0, 6, 0, 6], "k": [-5.0, -3.0, -6.0, -3.1],
+                         "c": [-1.0, -0.5, -1.2, -0.4]})
+    fig = plots.plot_training_curves(logs, {"k": "K", "c": "control"}, ylabel="nats")
+    assert fig.axes[0].get_shared_y_axes().joined(fig.axes[0], fig.axes[1])
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()
+
+
+def test_coefficient_means_against_their_layer_mean():
+    """``shares=False`` draws the means themselves, so a neuron lifted to the layer mean sits on its line."""
+    before = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    after = torch.tensor([[3.0, 3.0, 3.0, 6.0]])
+    fig = plots.plot_coefficient_distribution({"before": before, "after": after}, layer=0, shares=False)
+    lines = {line.get_label(): line.get_ydata() for line in fig.axes[0].lines}
+    np.testing.assert_allclose(lines["after"], [6.0, 3.0, 3.0, 3.0])
+    np.testing.assert_allclose(lines["layer mean, before"], [3.0, 3.0])
