@@ -225,8 +225,8 @@ def trend_after_peak(steps: Sequence[int], ke: Sequence[float]) -> Correlation |
 
 def findings(frame: pd.DataFrame) -> dict[str, Finding]:
     """Notebook 02's claims from a :func:`sweep` frame (checkpoints in order): KE declines from the
-    :func:`trained_peak` on (Spearman of KE with step < -0.8; a check, asserted on the built-in
-    families: docs/findings_over_seeds.md), and the last layer loses the most entropy from the peak."""
+    :func:`trained_peak` on (Spearman of KE with step < -0.8; a check, asserted at the notebook's
+    defaults: docs/findings_over_seeds.md), and the last layer loses the most entropy from the peak."""
     peak = trained_peak(frame["step"], frame["normalized"])
     rho = trend_after_peak(frame["step"], frame["ke"])
     per_layer_drop = frame["per_layer"].iloc[-1] - frame["per_layer"].iloc[peak]

@@ -3,6 +3,10 @@ thresholds every experiment's findings carry into it."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +15,9 @@ from ke_utils import checkpoint_sweep, report, study
 from ke_utils.experiments import stages
 from ke_utils.report import ASSERTED, RESULT_COLUMNS, Finding, record, results_table, run_seeds
 
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+DEFAULTS_02 = {"SUBJECT": "builtin", "PRETRAIN_SEED": 0, "TEXTS": None, "N_DOCS": 300, "N_CHECKPOINTS": None, "RELATED": True,
+               "DEVICE": "cpu", "DTYPE": None}
 FINDINGS = {"KE rises": Finding(True, 0.08213, check=True, study="r = +0.94 (OLMo-1B)", threshold="> 0.05 nats"),
             "late acquires less": Finding(False, -0.031, study="not in the study (our control)", threshold="> 0.05 nats"),
             "ends at the same K": Finding(True, study="not in the study (our check)", threshold="ratio < 0.5")}
@@ -51,7 +58,7 @@ def test_run_seeds(pretrain, orders, expected):
 
 def test_record_writes_asserts_and_returns_the_table_without_printing(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("KE_RESULTS_DIR", str(tmp_path))
-    shown = record(FINDINGS, builtin=True, seeds="pretraining seed 0")
+    shown = record(FINDINGS, "02", DEFAULTS_02, seeds="pretraining seed 0")
     assert capsys.readouterr().out == ""
     assert shown.frame.equals(results_table(FINDINGS, "pretraining seed 0"))
     assert report.read_findings(tmp_path) == [
@@ -63,12 +70,70 @@ def test_record_writes_asserts_and_returns_the_table_without_printing(capsys, mo
     assert repr(shown).splitlines()[0].split() == ["claim", "study", "this", "run", "threshold", "seeds"]
 
 
-def test_record_asserts_checks_only_on_the_built_in_families(monkeypatch):
-    monkeypatch.delenv("KE_RESULTS_DIR", raising=False)
+def test_record_asserts_checks_only_at_the_settings_they_were_established_on(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("KE_RESULTS_DIR", str(tmp_path))
     failed = {"KE rises": Finding(False, -0.01, check=True), "late acquires less": Finding(False, -0.03)}
-    with pytest.raises(AssertionError, match="expected finding not observed: KE rises$"):
-        record(failed, builtin=True, seeds="")
-    assert list(record(failed, builtin=False, seeds="").frame["this run"]) == ["no (-0.01)", "no (-0.03)"]
+    for subject in ("builtin", "builtin:decayed", "builtin:overtrained-seed3"):  # either family, any pretraining seed
+        with pytest.raises(AssertionError, match="expected finding not observed: KE rises$"):
+            record(failed, "02", {**DEFAULTS_02, "SUBJECT": subject, "PRETRAIN_SEED": 3, "DEVICE": "cuda"}, seeds="")
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("KE_RESULTS_DIR", str(tmp_path / "changed"))
+    for changed in ({"SUBJECT": "builtin:capacity"}, {"SUBJECT": "EleutherAI/pythia-160m"}, {"N_DOCS": 100}, {"RELATED": False}):
+        shown = record(failed, "02", {**DEFAULTS_02, **changed}, seeds="")
+        assert list(shown.frame["this run"]) == ["no (-0.01)", "no (-0.03)"]
+        name, value = next(iter(changed.items()))
+        assert f"shown, not asserted: {name} = {value!r} is not a setting" in capsys.readouterr().out
+    assert [entry["required"] for entry in report.read_findings(tmp_path / "changed")] == [False] * 8
+
+
+def test_record_needs_checked_settings_for_a_notebook_with_checks(capsys):
+    assert record({"a": Finding(True)}, "05", {}, seeds="").frame["this run"].tolist() == ["yes"]  # no checks: nothing to look up
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="notebook 05 has checks but no CHECKED_SETTINGS"):
+        record({"a": Finding(True, check=True)}, "05", {}, seeds="")
+
+
+def _parameters(path: Path) -> dict[str, object]:
+    """The names and values a notebook's parameters cell assigns (the device a first cell picks as None)."""
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    values: dict[str, object] = {}
+    for node in ast.parse(cell.source).body:
+        names = node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else node.targets
+        value = None if isinstance(node.value, ast.Name) else ast.literal_eval(node.value)
+        for target, v in zip(names, value if len(names) > 1 else [value]):
+            values[target.id] = v
+    return values
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("0*.ipynb")), ids=lambda p: p.name[:2])
+def test_checked_settings_are_each_notebooks_defaults(path):
+    """Every parameter that can change a result is in the table with its default among the checked
+    values, so the checks are asserted on a notebook as it is committed and a new parameter cannot
+    slip past; notebooks 05 and 06 have no checks and no entry."""
+    params, number = _parameters(path), path.name[:2]
+    if number in ("05", "06"):
+        assert number not in report.CHECKED_SETTINGS
+        return
+    table = report.CHECKED_SETTINGS[number]
+    assert set(table) == set(params) - set(report.SETTING_FREE)
+    assert report.checks_apply(number, params) and report.unchecked_settings(number, params) == {}
+    assert table["SUBJECT"] == report.NOTEBOOK_FAMILIES
+    for name in _resolved(path):  # record() sees the resolved value, so the table must hold it too
+        assert name in table and len(table[name]) > 1, f"{number}: {name} is resolved after the parameters cell"
+
+
+def _resolved(path: Path) -> set[str]:
+    """Parameters that a code cell after the parameters cell assigns again (``LR = LR or 1e-3``)."""
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    first = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    names = set(_parameters(path))
+    return {node.targets[0].id for cell in cells[first + 1:] for node in ast.walk(ast.parse(_python(cell.source)))
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in names}
+
+
+def _python(source: str) -> str:
+    """A cell's source without IPython's magics and shell lines."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
 def _filled(findings: dict[str, Finding]) -> None:

@@ -96,7 +96,7 @@ def correlations(summary: pd.DataFrame) -> dict[str, Correlation]:
 def findings(summary: pd.DataFrame, logs: pd.DataFrame) -> dict[str, Finding]:
     """Notebook 03's claims from ``summary`` (as :func:`correlations`) and the evaluation ``logs``
     of :func:`stage_experiment`: the study's finding 2 as correlations with KE, then the
-    experiment's own checks (asserted on the built-in families: they hold on pretraining seeds 0-3
+    experiment's own checks (asserted at the notebook's defaults: they hold on pretraining seeds 0-3
     of both, docs/findings_over_seeds.md): the injected people gain more than the controls, no
     stage ends at a ceiling, the curves still rise over the second half, retention below 1."""
     r = correlations(summary)
