@@ -249,7 +249,7 @@ def test_with_one_seed_the_minimum_difference_decides():
     claims = list(findings(pd.DataFrame(rows, columns=columns).assign(normalized=[0.90, 0.95])).values())
     assert [bool(c) for c in claims[1:3]] == [False, False]  # +0.04 nats and +0.004 in A: below the minimums, whatever the (zero) spread
     summary = pd.DataFrame(rows, columns=columns).assign(normalized=[0.90, 0.95])
-    lines = variants.summary_lines(findings(summary), summary, 0.05, 0.01, n_seeds=1, builtin=False)
+    lines = variants.summary_lines(findings(summary), summary, 0.05, 0.01, n_seeds=1, asserted=False)
     assert lines[0] == "Did lifting the least-used neurons raise KE? YES" and len(lines) == 4  # no control: no 5th question
     assert "not distinguishable at this threshold (difference +0.040 nats; it counts above 0.05 nats)" in lines[1]
     assert "retention 0.67 unmodified, 0.42-0.42 reactivated" in lines[3]

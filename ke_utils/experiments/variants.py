@@ -139,15 +139,15 @@ SEED_SPREAD = ("one pretraining seed; between pretraining seeds the gain beyond 
 
 
 def summary_lines(findings: dict[str, Finding], summary: pd.DataFrame, min_gain: float, min_a: float, n_seeds: int,
-                  builtin: bool) -> list[str]:
+                  asserted: bool) -> list[str]:
     """Notebook 04's answer to the study's resuscitation claim, one line per question, from
     :func:`findings` (in its order) and ``summary``: each difference as :func:`~ke_utils.report.verdict`
-    words it for one run."""
+    words it for one run; ``asserted``: the KE check was asserted (:func:`~ke_utils.report.checks_apply`)."""
     base, lifted = baseline_and_lifted(summary)
     raised, *claims = findings.values()
     spread = n_seeds > 1
     lines = ["Did lifting the least-used neurons raise KE? "
-             + ("YES (asserted above for the built-in model)" if builtin else ("YES" if raised else "NO")),
+             + ("YES (asserted above)" if asserted else ("YES" if raised else "NO")),
              "Did a reactivated checkpoint then acquire more beyond the controls? "
              + verdict(claims[0], "the best reactivated variant gained more than the unmodified checkpoint",
                        "every reactivated variant gained less than the unmodified checkpoint, the best", min_gain,
