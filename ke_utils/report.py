@@ -103,9 +103,10 @@ CHECKED_SETTINGS: dict[str, dict[str, tuple]] = {
 """The settings each notebook's checks were established on (docs/findings_over_seeds.md: pretraining
 seeds 0-3 of both notebook families), parameter -> the values allowed: the notebook's defaults (as
 the parameters cell gives them and, where a later cell resolves a None, as it resolves it on a
-built-in family: ``LR = LR or 1e-3``), with either notebook family as SUBJECT. Not listed: where and how fast a run goes (``DEVICE``, ``DTYPE``,
-``MICRO_BATCH``) and the pretraining seed, since a check holds on every one. Notebooks 05 and 06
-assert no check. tests/test_report.py keeps the table equal to the notebooks' parameters cells."""
+built-in family: ``LR = LR or 1e-3``), with either notebook family as SUBJECT. Not listed: where
+and how fast a run goes (``DEVICE``, ``DTYPE``, ``MICRO_BATCH``) and the pretraining seed, since a
+check holds on every one. Notebooks 05 and 06 assert no check. tests/test_report.py keeps the table
+equal to the notebooks' parameters cells."""
 SETTING_FREE = ("DEVICE", "DTYPE", "MICRO_BATCH", "PRETRAIN_SEED", "PRETRAIN_SEEDS")
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ke_utils import checkpoint_sweep, report, study
+from ke_utils.commands.run_notebooks import notebook_parameters
 from ke_utils.experiments import stages
 from ke_utils.report import ASSERTED, RESULT_COLUMNS, Finding, record, results_table, run_seeds
 
@@ -94,15 +95,12 @@ def test_record_needs_checked_settings_for_a_notebook_with_checks(capsys):
 
 
 def _parameters(path: Path) -> dict[str, object]:
-    """The names and values a notebook's parameters cell assigns (the device a first cell picks as None)."""
+    """The values a notebook's parameters cell assigns (:func:`notebook_parameters`), the device the
+    setup cell picks given as "cpu"."""
     cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
-    values: dict[str, object] = {}
-    for node in ast.parse(cell.source).body:
-        names = node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else node.targets
-        value = None if isinstance(node.value, ast.Name) else ast.literal_eval(node.value)
-        for target, v in zip(names, value if len(names) > 1 else [value]):
-            values[target.id] = v
-    return values
+    namespace: dict[str, object] = {"AUTO_DEVICE": "cpu"}
+    exec(cell.source, namespace)
+    return {name: namespace[name] for name in notebook_parameters(path)}
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("0*.ipynb")), ids=lambda p: p.name[:2])
@@ -126,14 +124,9 @@ def _resolved(path: Path) -> set[str]:
     """Parameters that a code cell after the parameters cell assigns again (``LR = LR or 1e-3``)."""
     cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     first = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
-    names = set(_parameters(path))
-    return {node.targets[0].id for cell in cells[first + 1:] for node in ast.walk(ast.parse(_python(cell.source)))
+    names = notebook_parameters(path)
+    return {node.targets[0].id for cell in cells[first + 1:] for node in ast.walk(ast.parse(cell.source))
             if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in names}
-
-
-def _python(source: str) -> str:
-    """A cell's source without IPython's magics and shell lines."""
-    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
 def _filled(findings: dict[str, Finding]) -> None:
