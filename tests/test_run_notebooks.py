@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
+from queue import Empty
 
 import nbformat
 import pytest
@@ -51,6 +53,17 @@ def test_run_executes_with_the_parameters_and_reads_the_key_numbers(tmp_path):
     assert summary["numbers"] == [{"notebook": "tiny", "full": False, "seeds": 3}]
     assert summary["seconds"] > 0 and summary["peak_kernel_mb"] > 10
     assert (tmp_path / "out" / "tiny.ipynb").exists()
+
+
+def test_kernels_side_by_side_keep_their_results_apart(tmp_path):
+    """``jobs=2``: two kernels at once, each writing its key numbers to its own folder; the summary
+    keeps the order of the paths."""
+    paths = [tmp_path / f"{name}.ipynb" for name in ("b", "a")]
+    for seeds, path in zip(("[0]", "[0, 1]"), paths):
+        nbformat.write(notebook(parameters=f"FULL = False\nSEEDS = {seeds}"), path)
+    summary = run(paths, tmp_path / "out", timeout=120, jobs=2)
+    assert [s["notebook"] for s in summary] == ["b.ipynb", "a.ipynb"]
+    assert [s["numbers"][0]["seeds"] for s in summary] == [1, 2]
 
 
 def test_main_builds_the_builtin_families_only_for_a_builtin_subject(tmp_path, monkeypatch):
@@ -123,3 +136,41 @@ def test_bad_arguments_end_with_one_line_and_nothing_runs(tmp_path, monkeypatch,
     assert "--out" in error("--out", str(tmp_path / "file"))
     assert "summary.json" in error("--findings-table", str(tmp_path))
     assert not (tmp_path / "out").exists()
+
+
+class MissedWakeUp:
+    """A kernel channel whose poll misses the wake-up of a message already there (pyzmq's asyncio
+    poller can): it finds the message only when its timeout ends."""
+
+    def __init__(self, message):
+        self.message, self.calls = message, 0
+
+    async def get_msg(self, timeout=None):
+        import asyncio
+
+        self.calls += 1
+        if timeout is None:
+            await asyncio.Event().wait()  # woken by nothing: only a timeout would end this wait
+        await asyncio.sleep(timeout)
+        if self.message is None:
+            raise Empty
+        return self.message
+
+
+def test_a_missed_wake_up_costs_one_slice_not_the_cell_timeout():
+    """The runner waits for kernel messages in slices: a reply that arrived unnoticed is taken at
+    the end of the first slice (0.05 s here), not at the end of the cell's timeout (60 s)."""
+    import asyncio
+
+    channel = MissedWakeUp({"msg_type": "execute_reply"})
+    run_notebooks.poll_in_slices(channel, slice_s=0.05)
+    start = time.monotonic()
+    assert asyncio.run(asyncio.wait_for(channel.get_msg(timeout=60), 5)) == {"msg_type": "execute_reply"}
+    assert time.monotonic() - start < 1
+    asyncio.run(asyncio.wait_for(channel.get_msg(), 5))  # no timeout: still taken at the end of a slice
+    silent = MissedWakeUp(None)
+    run_notebooks.poll_in_slices(silent, slice_s=0.05)
+    start = time.monotonic()
+    with pytest.raises(Empty):  # nothing came: Empty at the caller's deadline, not at the first slice
+        asyncio.run(silent.get_msg(timeout=0.3))
+    assert 0.28 < time.monotonic() - start < 2 and silent.calls >= 6

@@ -21,6 +21,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Empty
 
 from ..cpu_kernels import environment
 from ..pretrain import NOTEBOOK_FAMILIES, builtin_families
@@ -39,6 +40,32 @@ def _kernel_peak_mb(client) -> float | None:
     except (AttributeError, TypeError, OSError):
         return None
     return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), None)
+
+
+POLL_SLICE_S = 1.0  # longest wait on a kernel message before looking again
+
+
+def poll_in_slices(channel, slice_s: float = POLL_SLICE_S) -> None:
+    """Make an async kernel channel's ``get_msg(timeout)`` wait in slices of ``slice_s`` seconds.
+    pyzmq's asyncio poller can miss the wake-up of a message that has arrived (the socket's
+    notification is edge-triggered); it then finds the message only when its timeout ends. nbclient
+    waits for a cell's reply with the whole cell timeout, so on a busy machine a cell of this
+    collection stood idle for the full timeout (600 s in the test suite, 1800 s here) and then went
+    on as if nothing had happened. Each slice ends with a look at the socket, so a missed wake-up
+    costs at most ``slice_s``; ``Empty`` is still raised at the caller's own deadline."""
+    get_msg = channel.get_msg
+
+    async def sliced(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = slice_s if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await get_msg(timeout=min(slice_s, left))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = sliced
 
 
 def inject_parameters(notebook, parameters: dict, name: str = "notebook") -> None:
@@ -135,6 +162,8 @@ def _execute(path: Path, out: Path, timeout: int, parameters: dict | None) -> di
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not its TCP-transport notice
                             resources={"metadata": {"path": str(path.parent)}},
+                            on_notebook_start=lambda **_: [poll_in_slices(c) for c in (client.kc.shell_channel,
+                                                                                       client.kc.iopub_channel)],
                             on_cell_executed=lambda **_: peak.update(mb=_kernel_peak_mb(client)))
     start = time.perf_counter()
     error = None
