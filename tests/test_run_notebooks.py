@@ -4,6 +4,7 @@ back from the executed notebook."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import time
@@ -146,8 +147,6 @@ class MissedWakeUp:
         self.message, self.calls = message, 0
 
     async def get_msg(self, timeout=None):
-        import asyncio
-
         self.calls += 1
         if timeout is None:
             await asyncio.Event().wait()  # woken by nothing: only a timeout would end this wait
@@ -160,8 +159,6 @@ class MissedWakeUp:
 def test_a_missed_wake_up_costs_one_slice_not_the_cell_timeout():
     """The runner waits for kernel messages in slices: a reply that arrived unnoticed is taken at
     the end of the first slice (0.05 s here), not at the end of the cell's timeout (60 s)."""
-    import asyncio
-
     channel = MissedWakeUp({"msg_type": "execute_reply"})
     run_notebooks.poll_in_slices(channel, slice_s=0.05)
     start = time.monotonic()
